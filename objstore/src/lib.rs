@@ -1,0 +1,27 @@
+//! The S3 adapter shared by the coordinator, the worker, the CLI and the tests.
+//!
+//! fleetmap reads Athena UNLOAD manifests and Parquet files from, and writes results to, any
+//! S3-protocol store. This crate is the one place that knows how to reach such a store.
+//!
+//! # Layout
+//! - [`config`]: [`S3Config`] (endpoint, region, keys, path style) and [`client()`], which
+//!   fixes the retry policy for every process.
+//! - [`uri`]: [`S3Uri`], strict `s3://bucket/key` parsing.
+//! - [`ops`]: one-call helpers (get, ranged get, head, put, paginated list, ensure bucket) with
+//!   uniform error mapping.
+//! - [`local`]: [`local::LocalS3`], a real S3-protocol server on loopback (s3s-fs) for tests
+//!   and the demo.
+//! - [`error`]: [`ObjStoreError`], naming bucket and key and whether a retry may help.
+
+pub mod config;
+pub mod error;
+pub mod local;
+pub mod ops;
+pub mod uri;
+
+pub use config::{S3Config, client};
+pub use error::ObjStoreError;
+pub use ops::{
+    ensure_bucket, get_bytes, get_range, head_size, list_keys, list_keys_paged, put_bytes,
+};
+pub use uri::S3Uri;

@@ -1,0 +1,48 @@
+//! Typed worker configuration. Defaults live here and only here.
+
+use std::time::Duration;
+
+use fleetmap_protocol::Topology;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// Names this worker in outcomes, logs and child execution histories.
+    pub worker_id: String,
+    /// Child executions processed at once. Each holds at most one row group in memory.
+    pub concurrency: usize,
+    /// How long a SIGTERM'd worker waits for in-flight items before giving them back to
+    /// the broker (they are redelivered elsewhere). Keep it below Kubernetes'
+    /// `terminationGracePeriodSeconds`.
+    pub drain_timeout: Duration,
+    /// First and longest wait between reconnect attempts when the broker goes away.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl WorkerConfig {
+    pub const DEFAULT_CONCURRENCY: usize = 4;
+
+    pub fn new(
+        amqp_url: impl Into<String>,
+        topology: Topology,
+        worker_id: impl Into<String>,
+    ) -> Self {
+        WorkerConfig {
+            amqp_url: amqp_url.into(),
+            topology,
+            worker_id: worker_id.into(),
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            drain_timeout: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+
+    /// `basic.qos` prefetch: exactly the items we can work on, so the broker keeps the rest
+    /// for other workers instead of parking them behind a busy one.
+    pub fn prefetch(&self) -> u16 {
+        u16::try_from(self.concurrency.max(1)).unwrap_or(u16::MAX)
+    }
+}

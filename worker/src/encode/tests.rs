@@ -1,0 +1,206 @@
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::kernel::{COLUMNS, detect};
+
+/// 2026-11-27T20:45:00.123Z
+const ANALYSIS_MS: i64 = 1_795_812_300_123;
+
+type Row<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    [Option<f64>; 5], // temperature, humidity, batterylevel, latitude, longitude
+);
+
+fn encode(rows: &[Row]) -> Vec<Value> {
+    let ids: StringArray = rows.iter().map(|r| r.0).collect();
+    let ts: StringArray = rows.iter().map(|r| r.1).collect();
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ts)];
+    for m in 0..5 {
+        let col: Float64Array = rows.iter().map(|r| r.2.get(m).copied().flatten()).collect();
+        cols.push(Arc::new(col));
+    }
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .zip(&cols)
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let readings = Readings::from_batch(&batch, "data", "k").unwrap();
+    let t = Thresholds::default();
+    let d = detect(&readings, &t);
+    let mut out = Vec::new();
+    encode_records(
+        &readings,
+        &d.mask,
+        &t,
+        &RecordContext::new(ANALYSIS_MS).unwrap(),
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.ends_with('\n') || text.is_empty());
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn healthy_reading_has_every_field_in_the_sample_schema() {
+    let line = encode(&[(
+        Some("sensor-001"),
+        Some("2024-01-15T03:00:00"),
+        [
+            Some(23.45),
+            Some(55.1),
+            Some(98.5),
+            Some(47.61),
+            Some(-122.33),
+        ],
+    )]);
+    assert_eq!(
+        line,
+        vec![json!({
+            "deviceid": "sensor-001",
+            "analysisdate": "2026-11-27",
+            "readingtimestamp": "2024-01-15T03:00:00",
+            "readingscount": 1,
+            "metrics": {"temperature": 23.45, "humidity": 55.1, "batterylevel": 98.5,
+                        "latitude": 47.61, "longitude": -122.33},
+            "anomalies": [],
+            "anomalycount": 0,
+            "healthstatus": "healthy",
+            "timestamp": "2026-11-27T20:45:00.123Z",
+        })]
+    );
+}
+
+#[test]
+fn field_order_and_bytes_match_the_sample_exactly() {
+    let ids = StringArray::from(vec!["sensor-001"]);
+    let ts = StringArray::from(vec!["2024-01-15T03:00:00"]);
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ts)];
+    for v in [42.134, 55.1, 98.5, 47.61, -122.33] {
+        cols.push(Arc::new(Float64Array::from(vec![v])));
+    }
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .zip(&cols)
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let r = Readings::from_batch(&batch, "b", "k").unwrap();
+    let t = Thresholds::default();
+    let mut out = Vec::new();
+    let ctx = RecordContext::new(ANALYSIS_MS).unwrap();
+    encode_records(&r, &detect(&r, &t).mask, &t, &ctx, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"deviceid\":\"sensor-001\",\"analysisdate\":\"2026-11-27\",\"readingtimestamp\":\"2024-01-15T03:00:00\",\"readingscount\":1,\"metrics\":{\"temperature\":42.13,\"humidity\":55.1,\"batterylevel\":98.5,\"latitude\":47.61,\"longitude\":-122.33},\"anomalies\":[{\"type\":\"temperature_spike\",\"value\":42.13,\"threshold\":\">35°C\"}],\"anomalycount\":1,\"healthstatus\":\"anomalies_detected\",\"timestamp\":\"2026-11-27T20:45:00.123Z\"}\n"
+    );
+}
+
+#[test]
+fn anomalies_are_listed_temperature_humidity_battery_with_rounded_values() {
+    let line = encode(&[(
+        Some("d"),
+        Some("t"),
+        [Some(-12.345), Some(99.999), Some(3.0), Some(0.0), Some(0.0)],
+    )]);
+    assert_eq!(
+        line[0]["anomalies"],
+        json!([
+            {"type": "temperature_spike", "value": -12.35, "threshold": "<-10°C"},
+            {"type": "humidity_anomaly", "value": 100.0, "threshold": ">95%"},
+            {"type": "low_battery", "value": 3.0, "threshold": "<20%"},
+        ])
+    );
+    assert_eq!(line[0]["anomalycount"], 3);
+    assert_eq!(line[0]["healthstatus"], "anomalies_detected");
+}
+
+#[test]
+fn metrics_round_half_away_from_zero_to_two_decimals() {
+    assert_eq!(round2(23.456), 23.46);
+    assert_eq!(round2(23.454), 23.45);
+    assert_eq!(round2(-23.456), -23.46);
+    // -10.005 is stored as -10.00499.., but -10.005 * 100 == -1000.5000000000001: -10.01.
+    assert_eq!(round2(-10.005), -10.01);
+    assert_eq!(round2(-0.001), 0.0);
+    assert!(round2(-0.001).is_sign_positive());
+    assert_eq!(round2(1e300), 1e300);
+}
+
+#[test]
+fn whole_numbers_keep_a_decimal_point_so_athena_reads_doubles() {
+    let ids = StringArray::from(vec!["d"]);
+    let ts = StringArray::from(vec!["t"]);
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ts)];
+    for v in [23.0, 50.0, 100.0, -0.0001, 1e20] {
+        cols.push(Arc::new(Float64Array::from(vec![v])));
+    }
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .zip(&cols)
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let r = Readings::from_batch(&batch, "b", "k").unwrap();
+    let mut out = Vec::new();
+    let ctx = RecordContext::new(0).unwrap();
+    encode_records(&r, &[0], &Thresholds::default(), &ctx, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("{\"temperature\":23.0,\"humidity\":50.0,\"batterylevel\":100.0,\"latitude\":0.0,\"longitude\":100000000000000000000.0}"),
+        "{text}"
+    );
+    assert!(text.contains("\"analysisdate\":\"1970-01-01\""), "{text}");
+    assert!(
+        text.contains("\"timestamp\":\"1970-01-01T00:00:00.000Z\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn null_and_nan_metrics_are_written_as_null_and_are_healthy() {
+    let line = encode(&[(
+        None,
+        None,
+        [None, Some(f64::NAN), None, Some(f64::INFINITY), None],
+    )]);
+    let rec = &line[0];
+    assert_eq!(rec["deviceid"], Value::Null);
+    assert_eq!(rec["readingtimestamp"], Value::Null);
+    assert_eq!(
+        rec["metrics"],
+        json!({"temperature": null, "humidity": null, "batterylevel": null,
+               "latitude": null, "longitude": null})
+    );
+    assert_eq!(rec["healthstatus"], "healthy");
+    assert_eq!(rec["anomalies"], json!([]));
+}
+
+#[test]
+fn device_ids_with_quotes_controls_and_unicode_are_escaped() {
+    let nasty = "sen\"sor\\01\n\t\u{1}–ü°C 🌡";
+    let line = encode(&[(
+        Some(nasty),
+        Some("2024-01-15T03:00:00"),
+        [Some(1.0), Some(50.0), Some(50.0), Some(0.0), Some(0.0)],
+    )]);
+    assert_eq!(line[0]["deviceid"], nasty);
+}
+
+#[test]
+fn empty_batch_writes_nothing() {
+    assert!(encode(&[]).is_empty());
+}
+
+#[test]
+fn analysis_time_out_of_range_is_rejected() {
+    assert!(RecordContext::new(i64::MAX).is_none());
+}

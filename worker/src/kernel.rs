@@ -1,0 +1,320 @@
+//! The anomaly kernel: one Arrow record batch in, a breach mask and counts out.
+//!
+//! Pure on purpose — no tokio, no I/O — so the rules of the reference job are tested in
+//! microseconds at every edge. The work is two steps:
+//!
+//! 1. [`Readings::from_batch`] finds the seven columns by name (case-insensitively, since
+//!    Athena lower-cases names and hand-made files may not) and normalises whatever types the
+//!    writer chose — float32, integers, decimals, dictionary or view strings, Arrow
+//!    timestamps — into `Float64` metrics and `Utf8` strings, once per batch.
+//! 2. [`detect`] runs the [`Thresholds`] over the plain `f64` slices into a per-row bit mask,
+//!    then clears the bits of null rows using the validity bitmap. No allocation per row.
+//!
+//! NaN compares false with everything, so it is never an anomaly without a special case;
+//! values exactly at a threshold are normal because the rules are strict.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StringBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::DateTime;
+use fleetmap_protocol::AnomalyCounts;
+use fleetmap_protocol::rules::{Breach, Thresholds};
+
+use crate::error::WorkerError;
+
+/// The columns the job reads, as the AWS sample names them.
+pub const DEVICEID: &str = "deviceid";
+pub const TIMESTAMP: &str = "timestamp";
+pub const TEMPERATURE: &str = "temperature";
+pub const HUMIDITY: &str = "humidity";
+pub const BATTERYLEVEL: &str = "batterylevel";
+pub const LATITUDE: &str = "latitude";
+pub const LONGITUDE: &str = "longitude";
+
+/// All seven, in record order. Every one is required.
+pub const COLUMNS: [&str; 7] = [
+    DEVICEID,
+    TIMESTAMP,
+    TEMPERATURE,
+    HUMIDITY,
+    BATTERYLEVEL,
+    LATITUDE,
+    LONGITUDE,
+];
+
+/// Bits of the per-row breach mask, one per [`Breach`].
+pub mod bits {
+    pub const TEMPERATURE_HIGH: u8 = 1;
+    pub const TEMPERATURE_LOW: u8 = 1 << 1;
+    pub const HUMIDITY_HIGH: u8 = 1 << 2;
+    pub const HUMIDITY_LOW: u8 = 1 << 3;
+    pub const BATTERY_LOW: u8 = 1 << 4;
+    pub const TEMPERATURE: u8 = TEMPERATURE_HIGH | TEMPERATURE_LOW;
+    pub const HUMIDITY: u8 = HUMIDITY_HIGH | HUMIDITY_LOW;
+    pub const BATTERY: u8 = BATTERY_LOW;
+}
+
+/// The breaches a mask holds, in the order records list them (temperature, humidity,
+/// battery).
+pub fn breaches(mask: u8) -> impl Iterator<Item = Breach> {
+    [
+        (bits::TEMPERATURE_HIGH, Breach::TemperatureHigh),
+        (bits::TEMPERATURE_LOW, Breach::TemperatureLow),
+        (bits::HUMIDITY_HIGH, Breach::HumidityHigh),
+        (bits::HUMIDITY_LOW, Breach::HumidityLow),
+        (bits::BATTERY_LOW, Breach::BatteryLow),
+    ]
+    .into_iter()
+    .filter(move |(bit, _)| mask & bit != 0)
+    .map(|(_, b)| b)
+}
+
+fn bit_of(breach: Option<Breach>) -> u8 {
+    match breach {
+        None => 0,
+        Some(Breach::TemperatureHigh) => bits::TEMPERATURE_HIGH,
+        Some(Breach::TemperatureLow) => bits::TEMPERATURE_LOW,
+        Some(Breach::HumidityHigh) => bits::HUMIDITY_HIGH,
+        Some(Breach::HumidityLow) => bits::HUMIDITY_LOW,
+        Some(Breach::BatteryLow) => bits::BATTERY_LOW,
+    }
+}
+
+/// Index of the field called `name`: an exact match first, else the first
+/// case-insensitive one.
+pub fn find_column(schema: &Schema, name: &str) -> Option<usize> {
+    let fields = schema.fields();
+    fields.iter().position(|f| f.name() == name).or_else(|| {
+        fields
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    })
+}
+
+/// One batch's readings with every column in its canonical type.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    pub deviceid: StringArray,
+    /// ISO `YYYY-MM-DDTHH:MM:SS` when the source was an Arrow timestamp or date; strings
+    /// pass through as written.
+    pub timestamp: StringArray,
+    pub temperature: Float64Array,
+    pub humidity: Float64Array,
+    pub batterylevel: Float64Array,
+    pub latitude: Float64Array,
+    pub longitude: Float64Array,
+}
+
+impl Readings {
+    /// Finds and normalises the seven columns; `bucket`/`key` only name the object in errors.
+    pub fn from_batch(batch: &RecordBatch, bucket: &str, key: &str) -> Result<Self, WorkerError> {
+        let col = |name: &'static str| -> Result<&ArrayRef, WorkerError> {
+            find_column(&batch.schema(), name)
+                .map(|i| batch.column(i))
+                .ok_or_else(|| WorkerError::MissingColumn {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    column: name,
+                })
+        };
+        let unsupported =
+            |name: &'static str, data_type: String| WorkerError::UnsupportedColumnType {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                column: name,
+                data_type,
+            };
+        let metric = |name: &'static str| -> Result<Float64Array, WorkerError> {
+            to_f64(col(name)?).map_err(|t| unsupported(name, t))
+        };
+        let deviceid = to_utf8(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?;
+        let timestamp =
+            to_timestamp_utf8(col(TIMESTAMP)?).map_err(|t| unsupported(TIMESTAMP, t))?;
+        Ok(Readings {
+            deviceid,
+            timestamp,
+            temperature: metric(TEMPERATURE)?,
+            humidity: metric(HUMIDITY)?,
+            batterylevel: metric(BATTERYLEVEL)?,
+            latitude: metric(LATITUDE)?,
+            longitude: metric(LONGITUDE)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.deviceid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Null)
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+    )
+}
+
+/// Casts any numeric (or dictionary of numeric) column to `Float64`. The error is the
+/// offending type's description.
+fn to_f64(array: &ArrayRef) -> Result<Float64Array, String> {
+    let ok = match array.data_type() {
+        DataType::Dictionary(_, v) => is_numeric(v),
+        t => is_numeric(t),
+    };
+    if !ok {
+        return Err(array.data_type().to_string());
+    }
+    let cast =
+        cast(array, &DataType::Float64).map_err(|e| format!("{} ({e})", array.data_type()))?;
+    cast.as_primitive_opt()
+        .cloned()
+        .ok_or_else(|| array.data_type().to_string())
+}
+
+/// Casts any string-like column (plain, large, view, dictionary) to `Utf8`.
+fn to_utf8(array: &ArrayRef) -> Result<StringArray, String> {
+    let ok = match array.data_type() {
+        DataType::Dictionary(_, v) => is_string(v),
+        t => is_string(t),
+    };
+    if !ok {
+        return Err(array.data_type().to_string());
+    }
+    let cast = cast(array, &DataType::Utf8).map_err(|e| format!("{} ({e})", array.data_type()))?;
+    cast.as_string_opt::<i32>()
+        .cloned()
+        .ok_or_else(|| array.data_type().to_string())
+}
+
+/// A timestamp column as ISO strings: strings pass through, Arrow timestamps and dates are
+/// formatted in UTC as the sample's data writes them (`2024-01-15T03:00:00`, fractional
+/// seconds only when non-zero).
+fn to_timestamp_utf8(array: &ArrayRef) -> Result<StringArray, String> {
+    let t = array.data_type();
+    let (to_nanos, values): (fn(i64) -> Option<i64>, ArrayRef) = match t {
+        DataType::Timestamp(unit, _) => {
+            let f: fn(i64) -> Option<i64> = match unit {
+                TimeUnit::Second => |v| v.checked_mul(1_000_000_000),
+                TimeUnit::Millisecond => |v| v.checked_mul(1_000_000),
+                TimeUnit::Microsecond => |v| v.checked_mul(1_000),
+                TimeUnit::Nanosecond => Some,
+            };
+            (
+                f,
+                cast(array, &DataType::Int64).map_err(|e| format!("{t} ({e})"))?,
+            )
+        }
+        DataType::Date32 => (
+            |d| d.checked_mul(86_400_000_000_000),
+            cast(array, &DataType::Int32)
+                .and_then(|a| cast(&a, &DataType::Int64))
+                .map_err(|e| format!("{t} ({e})"))?,
+        ),
+        DataType::Date64 => (
+            |ms| ms.checked_mul(1_000_000),
+            cast(array, &DataType::Int64).map_err(|e| format!("{t} ({e})"))?,
+        ),
+        _ => return to_utf8(array),
+    };
+    let ints = values
+        .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        .ok_or_else(|| t.to_string())?;
+    let mut out = StringBuilder::with_capacity(ints.len(), ints.len() * 19);
+    for v in ints.iter() {
+        match v.and_then(to_nanos) {
+            Some(nanos) => {
+                let dt = DateTime::from_timestamp_nanos(nanos).naive_utc();
+                // Writing into the builder cannot fail; a failure would only lose the value.
+                let _ = write!(out, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.f"));
+                out.append_value("");
+            }
+            None => out.append_null(),
+        }
+    }
+    Ok(out.finish())
+}
+
+/// The kernel's answer for one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// One byte per row, bits from [`bits`]; 0 means healthy.
+    pub mask: Vec<u8>,
+    pub readings: u64,
+    pub counts: AnomalyCounts,
+}
+
+/// Applies the thresholds to every row.
+pub fn detect(r: &Readings, t: &Thresholds) -> Detection {
+    let mut mask = vec![0u8; r.len()];
+    flag(&mut mask, &r.temperature, bits::TEMPERATURE, |v| {
+        bit_of(t.temperature(v))
+    });
+    flag(&mut mask, &r.humidity, bits::HUMIDITY, |v| {
+        bit_of(t.humidity(v))
+    });
+    flag(&mut mask, &r.batterylevel, bits::BATTERY, |v| {
+        bit_of(t.battery(v))
+    });
+    let mut counts = AnomalyCounts::default();
+    for &m in &mask {
+        counts.temperature_spike += u64::from(m & bits::TEMPERATURE != 0);
+        counts.humidity_anomaly += u64::from(m & bits::HUMIDITY != 0);
+        counts.low_battery += u64::from(m & bits::BATTERY != 0);
+        counts.readings_with_anomalies += u64::from(m != 0);
+    }
+    Detection {
+        readings: mask.len() as u64,
+        mask,
+        counts,
+    }
+}
+
+/// ORs `rule` over the raw values, then clears `column_bits` where the value is null: the
+/// slot behind a null holds arbitrary data, and a missing value is never an anomaly.
+fn flag(mask: &mut [u8], column: &Float64Array, column_bits: u8, rule: impl Fn(f64) -> u8) {
+    for (m, &v) in mask.iter_mut().zip(column.values().iter()) {
+        *m |= rule(v);
+    }
+    if let Some(nulls) = column.nulls() {
+        for (m, valid) in mask.iter_mut().zip(nulls.iter()) {
+            if !valid {
+                *m &= !column_bits;
+            }
+        }
+    }
+}
+
+/// Adds each device's anomalous readings to `into`. A null device id counts under `""`
+/// so that the per-device numbers still add up to the batch's count.
+pub fn count_devices(r: &Readings, mask: &[u8], into: &mut BTreeMap<String, u64>) {
+    for (i, &m) in mask.iter().enumerate() {
+        if m == 0 || i >= r.deviceid.len() {
+            continue;
+        }
+        let id = if r.deviceid.is_null(i) {
+            ""
+        } else {
+            r.deviceid.value(i)
+        };
+        match into.get_mut(id) {
+            Some(n) => *n += 1,
+            None => {
+                into.insert(id.to_owned(), 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

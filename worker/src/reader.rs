@@ -1,0 +1,433 @@
+//! Reading an item's object from S3: Parquet by ranged GETs, CSV and JSONL as streams.
+//!
+//! Parquet is never downloaded whole. [`S3FileReader`] implements parquet's
+//! [`AsyncFileReader`] over aws-sdk-s3: one HeadObject for the length, one tail GET that
+//! usually holds the whole footer (a 64 KiB prefetch), then only the column chunks of the
+//! seven needed columns in the item's row groups, nearby ranges coalesced and fetched
+//! concurrently. Every byte fetched is counted, because outcomes report `bytes_read`.
+//!
+//! [`ItemReader`] hands work out a row group at a time as a [`Chunk`]: for Parquet the
+//! row group's bytes are already in memory and the chunk is a synchronous decoder, so the
+//! caller can decode it on a blocking thread rather than on the async runtime. CSV and
+//! JSONL (see [`text`]) are decoded as their body streams in, holding at most one network
+//! chunk and one batch of rows.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use fleetmap_objstore::ObjStoreError;
+use fleetmap_protocol::{InputType, ItemMessage};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::error::WorkerError;
+use crate::kernel::{COLUMNS, find_column};
+
+pub mod text;
+
+/// The tail fetched first: big enough for the footer of any ordinary file, so metadata
+/// usually costs one request.
+pub const FOOTER_PREFETCH: usize = 64 * 1024;
+/// Ranges closer than this are fetched as one GET: a request costs more than ~1 MiB of
+/// transfer on S3 (the same default as the `object_store` crate).
+pub const COALESCE_GAP: u64 = 1024 * 1024;
+/// At most this many GETs of one object in flight at once.
+pub const MAX_CONCURRENT_FETCHES: usize = 8;
+/// Rows per decoded batch.
+pub const BATCH_SIZE: usize = 8192;
+
+/// Parquet's async reader interface over S3 ranged GETs.
+#[derive(Debug, Clone)]
+pub struct S3FileReader {
+    client: Client,
+    bucket: String,
+    key: String,
+    size: u64,
+    bytes_read: Arc<AtomicU64>,
+    coalesce_gap: u64,
+}
+
+impl S3FileReader {
+    /// Looks up the object's length (HeadObject) and returns a reader for it.
+    pub async fn open(client: &Client, bucket: &str, key: &str) -> Result<Self, WorkerError> {
+        let size = fleetmap_objstore::head_size(client, bucket, key)
+            .await
+            .map_err(|e| from_store(e, "HeadObject"))?;
+        Ok(Self::new(client.clone(), bucket, key, size))
+    }
+
+    /// A reader for an object whose length is already known.
+    pub fn new(client: Client, bucket: &str, key: &str, size: u64) -> Self {
+        S3FileReader {
+            client,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size,
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            coalesce_gap: COALESCE_GAP,
+        }
+    }
+
+    /// Overrides [`COALESCE_GAP`].
+    pub fn with_coalesce_gap(mut self, gap: u64) -> Self {
+        self.coalesce_gap = gap;
+        self
+    }
+
+    /// The shared counter of bytes fetched, which outlives the reader once a stream owns it.
+    pub fn bytes_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes_read)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// One ranged GET, counted, checked for length. Errors travel through parquet as
+    /// `ParquetError::External(WorkerError)` and are unwrapped again by [`parquet_error`].
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, parquet::errors::Result<Bytes>> {
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        let counter = Arc::clone(&self.bytes_read);
+        async move {
+            let want = range.end.saturating_sub(range.start);
+            let bytes = fleetmap_objstore::get_range(&client, &bucket, &key, range)
+                .await
+                .map_err(|e| external(from_store(e, "GetObject")))?;
+            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if bytes.len() as u64 != want {
+                // The object changed or the store misbehaved; a fresh attempt may succeed.
+                return Err(external(WorkerError::Storage {
+                    bucket,
+                    key,
+                    op: "GetObject",
+                    retryable: true,
+                    source: format!("ranged GET returned {} bytes, expected {want}", bytes.len())
+                        .into(),
+                }));
+            }
+            Ok(bytes)
+        }
+        .boxed()
+    }
+}
+
+impl AsyncFileReader for S3FileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.fetch(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let blocks = coalesce(&ranges, self.coalesce_gap);
+        let fetches: Vec<_> = blocks.iter().map(|b| self.fetch(b.clone())).collect();
+        async move {
+            let data: Vec<Bytes> = futures::stream::iter(fetches)
+                .buffered(MAX_CONCURRENT_FETCHES)
+                .try_collect()
+                .await?;
+            ranges
+                .iter()
+                .map(|r| slice_from_blocks(&blocks, &data, r))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_metadata_options(options.map(|o| o.metadata_options().clone()))
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(&mut *self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Sorted, merged blocks covering `ranges`, merging ranges less than `gap` apart.
+pub fn coalesce(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Range<u64>> = ranges.iter().filter(|r| r.end > r.start).cloned().collect();
+    sorted.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end.saturating_add(gap) => {
+                last.end = last.end.max(r.end);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The bytes of `r` cut out of the fetched block that contains it.
+fn slice_from_blocks(
+    blocks: &[Range<u64>],
+    data: &[Bytes],
+    r: &Range<u64>,
+) -> parquet::errors::Result<Bytes> {
+    if r.end <= r.start {
+        return Ok(Bytes::new());
+    }
+    let i = blocks.partition_point(|b| b.end < r.end);
+    let (block, bytes) = blocks
+        .get(i)
+        .zip(data.get(i))
+        .filter(|(b, _)| b.start <= r.start)
+        .ok_or_else(|| ParquetError::General(format!("range {r:?} was not fetched")))?;
+    let from = usize::try_from(r.start - block.start).unwrap_or(usize::MAX);
+    let to = usize::try_from(r.end - block.start).unwrap_or(usize::MAX);
+    if to > bytes.len() {
+        return Err(ParquetError::General(format!(
+            "range {r:?} beyond fetched data"
+        )));
+    }
+    Ok(bytes.slice(from..to))
+}
+
+fn external(e: WorkerError) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+/// Maps an objstore failure into the worker's error, keeping it as the source.
+pub(crate) fn from_store(e: ObjStoreError, op: &'static str) -> WorkerError {
+    match e {
+        ObjStoreError::NotFound { bucket, key } => WorkerError::ObjectNotFound { bucket, key },
+        ObjStoreError::Get {
+            ref bucket,
+            ref key,
+            ..
+        }
+        | ObjStoreError::Head {
+            ref bucket,
+            ref key,
+            ..
+        }
+        | ObjStoreError::Put {
+            ref bucket,
+            ref key,
+            ..
+        } => WorkerError::Storage {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            op,
+            retryable: e.is_retryable(),
+            source: Box::new(e),
+        },
+        other => WorkerError::Storage {
+            bucket: String::new(),
+            key: String::new(),
+            op,
+            retryable: other.is_retryable(),
+            source: Box::new(other),
+        },
+    }
+}
+
+/// A parquet failure: our own storage errors come back out as they went in; anything else
+/// means the bytes are not the Parquet they claim to be.
+fn parquet_error(e: ParquetError, bucket: &str, key: &str) -> WorkerError {
+    let source: crate::error::BoxError = match e {
+        ParquetError::External(inner) => match inner.downcast::<WorkerError>() {
+            Ok(w) => return *w,
+            Err(other) => other,
+        },
+        other => Box::new(other),
+    };
+    WorkerError::InvalidInput {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        format: InputType::Parquet.as_str(),
+        source,
+    }
+}
+
+/// A unit of work: one row group's decoder, or one already-decoded batch.
+pub enum Chunk {
+    /// A Parquet row group whose column chunks are in memory; decoding it is CPU work.
+    RowGroup(ParquetRecordBatchReader),
+    Batch(RecordBatch),
+}
+
+impl Chunk {
+    /// The chunk's batches, decoding as it goes. Errors name the object.
+    pub fn into_batches(
+        self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Iterator<Item = Result<RecordBatch, WorkerError>> {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        let (reader, batch) = match self {
+            Chunk::RowGroup(r) => (Some(r), None),
+            Chunk::Batch(b) => (None, Some(Ok(b))),
+        };
+        batch.into_iter().chain(reader.into_iter().flatten().map(
+            move |r: Result<RecordBatch, ArrowError>| {
+                r.map_err(|e| WorkerError::InvalidInput {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    format: InputType::Parquet.as_str(),
+                    source: Box::new(e),
+                })
+            },
+        ))
+    }
+}
+
+enum Source {
+    Parquet(Box<ParquetRecordBatchStream<S3FileReader>>),
+    Text(Box<text::TextReader>),
+}
+
+/// Reads the object (and row groups) one item names, whatever its input type.
+pub struct ItemReader {
+    source: Source,
+    bucket: String,
+    key: String,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl ItemReader {
+    /// Opens the item's object: for Parquet, reads the footer, checks the columns and row
+    /// groups and sets up the projection; for CSV / JSONL, starts the GET.
+    pub async fn open(client: &Client, item: &ItemMessage) -> Result<Self, WorkerError> {
+        let (bucket, key) = (item.bucket.as_str(), item.key.as_str());
+        let (source, bytes_read) = match item.input_type {
+            InputType::Parquet => {
+                let reader = S3FileReader::open(client, bucket, key).await?;
+                let counter = reader.bytes_counter();
+                let stream = open_parquet(reader, bucket, key, item.row_groups).await?;
+                (Source::Parquet(Box::new(stream)), counter)
+            }
+            InputType::Csv | InputType::Jsonl => {
+                let counter = Arc::new(AtomicU64::new(0));
+                let reader = text::TextReader::open(client, item, Arc::clone(&counter)).await?;
+                (Source::Text(Box::new(reader)), counter)
+            }
+        };
+        Ok(ItemReader {
+            source,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            bytes_read,
+        })
+    }
+
+    /// The next chunk of work; `None` at the end of the item.
+    pub async fn next_chunk(&mut self) -> Result<Option<Chunk>, WorkerError> {
+        match &mut self.source {
+            Source::Parquet(stream) => stream
+                .next_row_group()
+                .await
+                .map(|r| r.map(Chunk::RowGroup))
+                .map_err(|e| parquet_error(e, &self.bucket, &self.key)),
+            Source::Text(t) => Ok(t.next_batch().await?.map(Chunk::Batch)),
+        }
+    }
+
+    /// Bytes fetched from the object store so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads the footer, then builds a stream over only the needed columns of the item's
+/// row groups.
+pub async fn open_parquet(
+    reader: S3FileReader,
+    bucket: &str,
+    key: &str,
+    row_groups: Option<(u32, u32)>,
+) -> Result<ParquetRecordBatchStream<S3FileReader>, WorkerError> {
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| parquet_error(e, bucket, key))?;
+    let roots = COLUMNS
+        .iter()
+        .map(|&column| {
+            find_column(builder.schema(), column).ok_or_else(|| WorkerError::MissingColumn {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                column,
+            })
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let available = builder.metadata().num_row_groups();
+    let groups: Vec<usize> = match row_groups {
+        None => (0..available).collect(),
+        Some((start, end)) => {
+            let (s, e) = (start as usize, end as usize);
+            if s > e || e > available {
+                return Err(WorkerError::RowGroupsOutOfRange {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    start,
+                    end,
+                    available,
+                });
+            }
+            (s..e).collect()
+        }
+    };
+    builder
+        .with_projection(mask)
+        .with_row_groups(groups)
+        .with_batch_size(BATCH_SIZE)
+        .build()
+        .map_err(|e| parquet_error(e, bucket, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_ranges_merge_and_far_ones_stay_apart() {
+        let blocks = coalesce(&[20..30, 0..10, 12..15, 100..200, 5..8], 5);
+        assert_eq!(blocks, vec![0..30, 100..200]);
+        assert_eq!(coalesce(&[0..10, 10..20], 0), vec![0..20]);
+        assert_eq!(coalesce(&[0..10, 11..20], 0), vec![0..10, 11..20]);
+        assert!(coalesce(&[5..5, 9..9], 10).is_empty());
+    }
+
+    #[test]
+    fn requested_ranges_are_cut_from_their_blocks() {
+        let ranges = vec![20..30, 0..10, 100..150, 7..7];
+        let blocks = coalesce(&ranges, 50);
+        assert_eq!(blocks, vec![0..30, 100..150]);
+        let data = vec![
+            Bytes::from((0u8..30).collect::<Vec<_>>()),
+            Bytes::from((100u8..150).collect::<Vec<_>>()),
+        ];
+        let out: Vec<Bytes> = ranges
+            .iter()
+            .map(|r| slice_from_blocks(&blocks, &data, r).unwrap())
+            .collect();
+        assert_eq!(out[0].as_ref(), (20u8..30).collect::<Vec<_>>());
+        assert_eq!(out[1].as_ref(), (0u8..10).collect::<Vec<_>>());
+        assert_eq!(out[2].as_ref(), (100u8..150).collect::<Vec<_>>());
+        assert!(out[3].is_empty());
+        assert!(slice_from_blocks(&blocks, &data, &(40..60)).is_err());
+    }
+}
