@@ -115,10 +115,7 @@ mod tests {
             assert_eq!(a.request(id(i)), Admission::Open);
         }
         for i in 3..10 {
-            assert_eq!(
-                a.request(id(i)),
-                Admission::Backlogged { position: i - 2 }
-            );
+            assert_eq!(a.request(id(i)), Admission::Backlogged { position: i - 2 });
         }
         assert_eq!((a.open_count(), a.backlog_len()), (3, 7));
         assert_eq!(a.release(&id(1)), vec![id(3)]);

@@ -17,8 +17,8 @@ use fleetmap_protocol::{
 };
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -29,10 +29,10 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, AdmissionControl};
 use crate::error::CoordinatorError;
+use crate::metrics as m;
 use crate::reader::{ItemSource, ReaderError, read_items};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
 use crate::run::{Applied, ChildSpec, Counts, MapRun, RunId, RunStatus, Tolerance};
-use crate::metrics as m;
 
 /// Most items published between two confirm waits; bounds the loop's latency for outcomes.
 const PUBLISH_BATCH: usize = 1_000;
@@ -190,7 +190,10 @@ impl CoordinatorHandle {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), CoordinatorError> {
-        self.tx.send(cmd).await.map_err(|_| CoordinatorError::Stopped)
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| CoordinatorError::Stopped)
     }
 }
 
@@ -601,10 +604,7 @@ impl Engine {
             }
             Err(err) => {
                 warn!(error = %err, "undecodable outcome message rejected");
-                let _ = d
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
             }
         }
     }
@@ -620,8 +620,13 @@ impl Engine {
                     self.topology.delivery_limit
                 );
                 if let Some(e) = self.runs.get_mut(&id)
-                    && e.run.apply_failure(item.execution, item.attempt, errors::RUNTIME, cause, now_ms())
-                        == Applied::Recorded
+                    && e.run.apply_failure(
+                        item.execution,
+                        item.attempt,
+                        errors::RUNTIME,
+                        cause,
+                        now_ms(),
+                    ) == Applied::Recorded
                 {
                     warn!(run = %id, execution = item.execution, "poison item failed its child execution");
                     m::execution_failed(errors::RUNTIME);
@@ -687,7 +692,11 @@ impl Engine {
             label: run.label.clone(),
             status,
             start_date: rfc3339(run.start_ms.or(Some(run.created_ms))),
-            stop_date: if status.is_terminal() { rfc3339(run.stop_ms) } else { None },
+            stop_date: if status.is_terminal() {
+                rfc3339(run.stop_ms)
+            } else {
+                None
+            },
             error: run.error.clone(),
             cause: run.cause.clone(),
             max_concurrency: run.max_concurrency(),

@@ -75,8 +75,7 @@ impl ManifestParser {
         if self.line == 1 {
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
         let mut text = text.trim_end_matches(['\n', '\r']).trim();
         if text.is_empty() {
             return Ok(());
@@ -84,7 +83,8 @@ impl ManifestParser {
         if text.len() >= 2 && text.starts_with('"') && text.ends_with('"') {
             text = &text[1..text.len() - 1];
         }
-        let uri = S3Uri::parse(text).map_err(|e| bad(format!("{text:?} is not an object URI: {e}")))?;
+        let uri =
+            S3Uri::parse(text).map_err(|e| bad(format!("{text:?} is not an object URI: {e}")))?;
         if uri.key.is_empty() || uri.key.ends_with('/') {
             return Err(bad(format!("{text:?} names a folder, not an object")));
         }
@@ -226,6 +226,9 @@ mod tests {
     #[test]
     fn bom_is_only_stripped_on_the_first_line() {
         let err = parse_manifest(M, b"s3://data/x/1\n\xEF\xBB\xBFs3://data/x/2\n").unwrap_err();
-        assert!(matches!(err, ManifestError::BadLine { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, ManifestError::BadLine { line: 2, .. }),
+            "{err}"
+        );
     }
 }

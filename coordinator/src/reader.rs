@@ -84,9 +84,7 @@ async fn read_manifest(s3: &Client, uri: &str) -> Result<Vec<S3Uri>, ReaderError
         .send()
         .await
         .map_err(|e| {
-            let missing = e
-                .as_service_error()
-                .is_some_and(|se| se.is_no_such_key());
+            let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key());
             if missing {
                 ReaderError(format!("manifest {m} does not exist"))
             } else {

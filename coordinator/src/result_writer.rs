@@ -71,13 +71,19 @@ pub async fn write_files(
 ) -> Result<String, ResultWriterError> {
     let mut manifest_key = String::new();
     for (key, body) in files {
-        put_bytes(s3, &prefix.bucket, &key, Bytes::from(body), "application/json")
-            .await
-            .map_err(|e| ResultWriterError {
-                run: run.to_owned(),
-                prefix: prefix.to_string(),
-                reason: e.to_string(),
-            })?;
+        put_bytes(
+            s3,
+            &prefix.bucket,
+            &key,
+            Bytes::from(body),
+            "application/json",
+        )
+        .await
+        .map_err(|e| ResultWriterError {
+            run: run.to_owned(),
+            prefix: prefix.to_string(),
+            reason: e.to_string(),
+        })?;
         manifest_key = key;
     }
     Ok(manifest_key)
@@ -231,7 +237,12 @@ mod tests {
         assert_eq!(manifest["ResultFiles"]["PENDING"], json!([]));
         let failed: Value = serde_json::from_slice(&files[1].1).unwrap();
         assert_eq!(failed[0]["Error"], "FleetMap.ObjectNotFound");
-        assert!(failed[0]["Cause"].as_str().unwrap().contains("s3://data/f1"));
+        assert!(
+            failed[0]["Cause"]
+                .as_str()
+                .unwrap()
+                .contains("s3://data/f1")
+        );
         let ok: Value = serde_json::from_slice(&files[0].1).unwrap();
         let output: Value = serde_json::from_str(ok[0]["Output"].as_str().unwrap()).unwrap();
         assert_eq!(output["readings"], 24);

@@ -590,9 +590,18 @@ mod tests {
         let mut r = run(2, 2, Tolerance::default());
         drain(&mut r);
         assert_eq!(r.apply_outcome(&ok(0, 1, 24)), Applied::Recorded);
-        assert!(matches!(r.apply_outcome(&ok(0, 1, 24)), Applied::Ignored(_)));
-        assert!(matches!(r.apply_outcome(&ok(1, 2, 24)), Applied::Ignored(_)));
-        assert!(matches!(r.apply_outcome(&ok(9, 1, 24)), Applied::Ignored(_)));
+        assert!(matches!(
+            r.apply_outcome(&ok(0, 1, 24)),
+            Applied::Ignored(_)
+        ));
+        assert!(matches!(
+            r.apply_outcome(&ok(1, 2, 24)),
+            Applied::Ignored(_)
+        ));
+        assert!(matches!(
+            r.apply_outcome(&ok(9, 1, 24)),
+            Applied::Ignored(_)
+        ));
         assert_eq!(r.readings, 24);
         assert_eq!(r.counts().succeeded, 1);
         assert_eq!(r.devices_with_anomalies["sensor-001"], 1);
@@ -625,7 +634,10 @@ mod tests {
         let c = r.counts();
         assert_eq!((c.failed, c.aborted, c.pending, c.running), (1, 3, 0, 0));
         assert_eq!(r.next_dispatch(), None);
-        assert!(matches!(r.apply_outcome(&ok(1, 1, 24)), Applied::Ignored(_)));
+        assert!(matches!(
+            r.apply_outcome(&ok(1, 1, 24)),
+            Applied::Ignored(_)
+        ));
         assert!(r.settle(9));
         assert_eq!(r.stop_ms, Some(9));
     }

@@ -53,10 +53,7 @@ mod tests {
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
-        assert_eq!(
-            redact_url("amqps://u:p@ss@h:5671"),
-            "amqps://u:***@h:5671"
-        );
+        assert_eq!(redact_url("amqps://u:p@ss@h:5671"), "amqps://u:***@h:5671");
         assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact_url("not a url"), "not a url");
     }

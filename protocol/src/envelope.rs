@@ -112,12 +112,11 @@ pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, De
         }
     }
     let body = &bytes[HEADER_LEN..];
-    let (msg, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| {
-        DecodeError::Body {
+    let (msg, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| DecodeError::Body {
             expected,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     if used != body.len() {
         return Err(DecodeError::Body {
             expected,

@@ -234,7 +234,10 @@ mod tests {
             },
         };
         let err = ItemMessage::decode(&o.encode().unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::WrongKind { got: 2, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::WrongKind { got: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
