@@ -4,14 +4,14 @@
 //! S3-protocol store. This crate is the one place that knows how to reach such a store.
 //!
 //! # Layout
-//! - [`config`]: [`S3Config`] (endpoint, region, keys, path style) and [`client()`], which
+//! - [`config`] — [`S3Config`] (endpoint, region, keys, path style) and [`client()`], which
 //!   fixes the retry policy for every process.
-//! - [`uri`]: [`S3Uri`], strict `s3://bucket/key` parsing.
-//! - [`ops`]: one-call helpers (get, ranged get, head, put, paginated list, ensure bucket) with
+//! - [`uri`] — [`S3Uri`], strict `s3://bucket/key` parsing.
+//! - [`ops`] — one-call helpers (get, ranged get, head, put, paginated list, ensure bucket) with
 //!   uniform error mapping.
-//! - [`local`]: [`local::LocalS3`], a real S3-protocol server on loopback (s3s-fs) for tests
+//! - [`local`] — [`local::LocalS3`], a real S3-protocol server on loopback (s3s-fs) for tests
 //!   and the demo.
-//! - [`error`]: [`ObjStoreError`], naming bucket and key and whether a retry may help.
+//! - [`error`] — [`ObjStoreError`], naming bucket and key and whether a retry may help.
 
 pub mod config;
 pub mod error;

@@ -6,15 +6,16 @@
 use lapin::types::LongString;
 use lapin::{Connection, ConnectionProperties};
 
+/// The broker's own error is folded into the message (not chained as a source), so a
+/// caller printing the whole chain shows it once.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot connect to RabbitMQ at {url}: {source}. Is it running? Start a local one with \
+    "cannot connect to RabbitMQ at {url}: {reason}. Is it running? Start a local one with \
      `rabbitmq-server -detached` (Debian package rabbitmq-server) or set AMQP_URL"
 )]
 pub struct ConnectError {
     pub url: String,
-    #[source]
-    pub source: lapin::Error,
+    pub reason: String,
 }
 
 /// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.
@@ -37,9 +38,9 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
         ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
     Connection::connect(url, props)
         .await
-        .map_err(|source| ConnectError {
+        .map_err(|e| ConnectError {
             url: redact_url(url),
-            source,
+            reason: e.to_string(),
         })
 }
 
