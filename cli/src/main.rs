@@ -8,6 +8,7 @@ mod cmd;
 mod common;
 mod ops;
 mod report;
+mod runargs;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ use clap::{Parser, Subcommand};
     about = "A self-hosted Distributed Map for data in object storage"
 )]
 struct Cli {
+    #[command(flatten)]
+    client: cmd::client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,7 +35,13 @@ enum Command {
     /// Run a worker: consume items, process them, publish outcomes.
     Worker(cmd::worker::WorkerArgs),
     /// Run one map run to completion as the coordinator and print its summary.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
+    /// Run the coordinator: the HTTP API, admission control and dispatch for many runs.
+    Coordinator(cmd::coordinator::CoordinatorArgs),
+    #[command(flatten)]
+    Client(cmd::client::ClientCommand),
+    /// Serve a loopback S3-protocol server from a folder (for local stacks without MinIO).
+    S3Server(cmd::s3_server::S3ServerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,10 +61,13 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Demo(a) => cmd::demo::run(a).await,
+            Command::Demo(a) => cmd::demo::run(a, cli.client.output).await,
             Command::Gen(a) => cmd::gen_data::run(a).await,
             Command::Worker(a) => cmd::worker::run(a).await,
-            Command::Run(a) => cmd::run::run(a).await,
+            Command::Run(a) => cmd::run::run(*a, cli.client.output).await,
+            Command::S3Server(a) => cmd::s3_server::run(a).await,
+            Command::Coordinator(a) => cmd::coordinator::run(a).await,
+            Command::Client(c) => cmd::client::run(cli.client, c).await,
         }
     });
     match result {

@@ -47,6 +47,11 @@ impl AdmissionControl {
         self.backlog.len()
     }
 
+    /// Waiting runs, first to open first.
+    pub fn backlog(&self) -> impl Iterator<Item = &RunId> {
+        self.backlog.iter()
+    }
+
     /// 1-based backlog position of a waiting run.
     pub fn position(&self, run: &RunId) -> Option<usize> {
         self.backlog.iter().position(|r| r == run).map(|i| i + 1)

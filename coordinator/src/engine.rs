@@ -6,15 +6,11 @@
 //! item is not stuck behind a run of a million. Slow I/O (reading a manifest, writing
 //! results) runs in spawned tasks that report back as events, so the loop never waits on S3.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
 
 use aws_sdk_s3::Client;
 use fleetmap_objstore::S3Uri;
-use fleetmap_protocol::{
-    AnomalyCounts, InputType, ItemMessage, OutcomeMessage, ResultTarget, Thresholds, Topology,
-    amqp, errors,
-};
+use fleetmap_protocol::{InputType, ItemMessage, OutcomeMessage, Topology, amqp, errors};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -22,17 +18,22 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, AdmissionControl};
+use crate::batcher::{self, FileLayout};
 use crate::error::CoordinatorError;
+use crate::handle::{
+    AdmissionView, ChildExecution, Command, CoordinatorHandle, Page, PageRequest, RunDescription,
+    UpdateRequest,
+};
 use crate::metrics as m;
-use crate::reader::{ItemSource, ReaderError, read_items};
+use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
-use crate::run::{Applied, ChildSpec, Counts, MapRun, RunId, RunStatus, Tolerance};
+use crate::run::{Applied, ExecState, MapRun, RunId, RunStatus, Tolerance};
+use crate::spec::{RunSpec, validate};
 
 /// Most items published between two confirm waits; bounds the loop's latency for outcomes.
 const PUBLISH_BATCH: usize = 1_000;
@@ -46,155 +47,15 @@ pub struct CoordinatorConfig {
     pub open_map_run_limit: usize,
 }
 
-/// A request to start a map run (Step Functions' Map state definition, flattened).
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    pub source: ItemSource,
-    pub input_type: InputType,
-    pub max_concurrency: u32,
-    pub tolerance: Tolerance,
-    /// Where workers write the analytics records.
-    pub results: ResultTarget,
-    /// ResultWriter prefix; `None` puts it at `s3://{results bucket}/mapruns/`.
-    pub result_writer: Option<String>,
-    pub label: Option<String>,
-    pub thresholds: Thresholds,
-}
-
-/// `DescribeMapRun`, with the reference job's totals.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunDescription {
-    pub map_run_id: String,
-    pub map_run_arn: String,
-    pub label: Option<String>,
-    pub status: RunStatus,
-    pub start_date: Option<String>,
-    pub stop_date: Option<String>,
-    pub error: Option<String>,
-    pub cause: Option<String>,
-    pub max_concurrency: u32,
-    pub tolerated_failure_count: Option<u64>,
-    pub tolerated_failure_percentage: Option<f64>,
-    pub item_source: String,
-    pub item_counts: Counts,
-    pub execution_counts: Counts,
-    pub readings: u64,
-    pub anomalies: AnomalyCounts,
-    pub devices_with_anomalies: BTreeMap<String, u64>,
-    pub executions_by_worker: BTreeMap<String, u64>,
-    /// `s3://bucket/prefix/` of the analytics records.
-    pub results: String,
-    /// The ResultWriter's `manifest.json`, once written.
-    pub result_writer_manifest: Option<String>,
-    /// 1-based position in the open-map-run backlog while PENDING there.
-    pub backlog_position: Option<usize>,
-}
-
-enum Command {
-    Start {
-        spec: Box<RunSpec>,
-        reply: oneshot::Sender<Result<RunId, CoordinatorError>>,
-    },
-    Describe {
-        id: RunId,
-        reply: oneshot::Sender<Option<RunDescription>>,
-    },
-    List {
-        reply: oneshot::Sender<Vec<RunDescription>>,
-    },
-    UpdateMaxConcurrency {
-        id: RunId,
-        max_concurrency: u32,
-        reply: oneshot::Sender<Result<(), CoordinatorError>>,
-    },
-}
-
 enum Event {
     ItemsRead {
         id: RunId,
-        result: Result<Vec<S3Uri>, ReaderError>,
+        result: Result<Vec<FileLayout>, ReaderError>,
     },
     ResultsWritten {
         id: RunId,
         result: Result<String, ResultWriterError>,
     },
-}
-
-/// A cheap, cloneable way to talk to the running coordinator.
-#[derive(Clone)]
-pub struct CoordinatorHandle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl CoordinatorHandle {
-    pub async fn start_run(&self, spec: RunSpec) -> Result<RunId, CoordinatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Start {
-            spec: Box::new(spec),
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| CoordinatorError::Stopped)?
-    }
-
-    pub async fn describe(&self, id: &RunId) -> Result<RunDescription, CoordinatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Describe {
-            id: id.clone(),
-            reply,
-        })
-        .await?;
-        rx.await
-            .map_err(|_| CoordinatorError::Stopped)?
-            .ok_or_else(|| CoordinatorError::UnknownRun(id.0.clone()))
-    }
-
-    pub async fn list(&self) -> Result<Vec<RunDescription>, CoordinatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::List { reply }).await?;
-        rx.await.map_err(|_| CoordinatorError::Stopped)
-    }
-
-    /// `UpdateMapRun`'s `MaxConcurrency`, effective at the next dispatch.
-    pub async fn update_max_concurrency(
-        &self,
-        id: &RunId,
-        max_concurrency: u32,
-    ) -> Result<(), CoordinatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::UpdateMaxConcurrency {
-            id: id.clone(),
-            max_concurrency,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| CoordinatorError::Stopped)?
-    }
-
-    /// Polls until the run is terminal (results written), calling `progress` on each poll.
-    pub async fn wait(
-        &self,
-        id: &RunId,
-        poll: Duration,
-        mut progress: impl FnMut(&RunDescription),
-    ) -> Result<RunDescription, CoordinatorError> {
-        loop {
-            let d = self.describe(id).await?;
-            progress(&d);
-            if d.status.is_terminal() {
-                return Ok(d);
-            }
-            tokio::time::sleep(poll).await;
-        }
-    }
-
-    async fn send(&self, cmd: Command) -> Result<(), CoordinatorError> {
-        self.tx
-            .send(cmd)
-            .await
-            .map_err(|_| CoordinatorError::Stopped)
-    }
 }
 
 /// The running coordinator: its handle and its task.
@@ -297,8 +158,9 @@ struct Entry {
     run: MapRun,
     spec: RunSpec,
     writer_prefix: S3Uri,
-    /// The run is terminal and its ResultWriter output is written (or failed).
+    /// Terminal and its ResultWriter output written (or failed): what `describe` shows.
     finalized: bool,
+    /// Terminal and releasing its slot / writing results.
     finalizing: bool,
     manifest_key: Option<String>,
 }
@@ -333,6 +195,21 @@ impl Engine {
             if let Err(e) = self.dispatch().await {
                 break Err(e);
             }
+            // Wake for the earliest Retry that falls due, if any.
+            let next_due = self
+                .open
+                .iter()
+                .filter_map(|id| self.runs.get(id)?.run.next_due())
+                .min();
+            let retry_timer = async {
+                match next_due {
+                    Some(due) => {
+                        let wait = (due - now_ms()).max(0) as u64;
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 cmd = commands.recv() => match cmd {
@@ -350,6 +227,7 @@ impl Engine {
                     Some(Err(e)) => break Err(CoordinatorError::Amqp { what: "consume dead items", source: e }),
                     None => break Err(CoordinatorError::Stopped),
                 },
+                _ = retry_timer => {}
             }
         };
         if let Err(e) = &result {
@@ -366,33 +244,67 @@ impl Engine {
                 let _ = reply.send(self.start(*spec));
             }
             Command::Describe { id, reply } => {
-                let _ = reply.send(self.runs.get(&id).map(|e| self.describe(e)));
+                let _ = reply.send(self.entry(&id).map(|e| self.describe(e)));
             }
-            Command::List { reply } => {
-                let all = self
-                    .created
-                    .iter()
-                    .filter_map(|id| self.runs.get(id))
-                    .map(|e| self.describe(e))
-                    .collect();
-                let _ = reply.send(all);
-            }
-            Command::UpdateMaxConcurrency {
-                id,
-                max_concurrency,
+            Command::List {
+                status,
+                page,
                 reply,
             } => {
-                let r = match self.runs.get_mut(&id) {
-                    Some(e) => {
-                        e.run.set_max_concurrency(max_concurrency);
-                        info!(run = %id, max_concurrency, "MaxConcurrency updated");
-                        Ok(())
-                    }
-                    None => Err(CoordinatorError::UnknownRun(id.0)),
-                };
+                let _ = reply.send(self.list(status, &page));
+            }
+            Command::Update { id, update, reply } => {
+                let _ = reply.send(self.update(&id, update));
+            }
+            Command::Abort { id, reply } => {
+                let _ = reply.send(self.abort(&id));
+            }
+            Command::Redrive { id, reply } => {
+                let _ = reply.send(self.redrive(&id));
+            }
+            Command::Executions {
+                id,
+                status,
+                page,
+                reply,
+            } => {
+                let _ = reply.send(self.executions(&id, status, &page));
+            }
+            Command::Execution {
+                id,
+                execution,
+                reply,
+            } => {
+                let r = self.entry(&id).and_then(|e| {
+                    child_view(e, execution, true).ok_or_else(|| {
+                        CoordinatorError::NotFound(format!(
+                            "map run {id} has no child execution {execution}"
+                        ))
+                    })
+                });
                 let _ = reply.send(r);
             }
+            Command::Admission { reply } => {
+                let _ = reply.send(AdmissionView {
+                    open_map_run_limit: self.admission.limit(),
+                    open_map_runs: self.admission.open_count(),
+                    backlog_size: self.admission.backlog_len(),
+                    backlog: self.admission.backlog().map(|r| r.0.clone()).collect(),
+                });
+            }
         }
+    }
+
+    fn entry(&self, id: &RunId) -> Result<&Entry, CoordinatorError> {
+        self.runs
+            .get(id)
+            .ok_or_else(|| CoordinatorError::UnknownRun(id.0.clone()))
+    }
+
+    fn entry_mut(&mut self, id: &RunId) -> Result<&mut Entry, CoordinatorError> {
+        self.runs
+            .get_mut(id)
+            .ok_or_else(|| CoordinatorError::UnknownRun(id.0.clone()))
     }
 
     fn start(&mut self, spec: RunSpec) -> Result<RunId, CoordinatorError> {
@@ -404,7 +316,8 @@ impl Engine {
             spec.max_concurrency,
             spec.tolerance,
             now_ms(),
-        );
+        )
+        .with_retry(spec.retry.clone());
         info!(run = %id, source = %spec.source.describe(), max_concurrency = spec.max_concurrency, "map run created");
         self.runs.insert(
             id.clone(),
@@ -418,28 +331,49 @@ impl Engine {
             },
         );
         self.created.push(id.clone());
+        self.request_admission(&id);
+        Ok(id)
+    }
+
+    fn request_admission(&mut self, id: &RunId) {
         match self.admission.request(id.clone()) {
-            Admission::Open => self.admit(&id),
+            Admission::Open => self.admit(id),
             Admission::Backlogged { position } => {
                 info!(run = %id, position, "open map run limit reached: run waits in the backlog");
             }
         }
         m::set_admission(&self.admission);
-        Ok(id)
     }
 
-    /// The run holds an open slot now: read its items (in the background).
+    /// The run holds an open slot now: read its items (in the background), or, for a
+    /// redriven run whose items are known, start dispatching straight away.
     fn admit(&mut self, id: &RunId) {
         let Some(e) = self.runs.get_mut(id) else {
             return;
         };
         e.run.open(now_ms());
+        if e.run.counts().total > 0 {
+            self.open.push(id.clone());
+            return;
+        }
         let source = e.spec.source.clone();
+        let footers = e.spec.batcher.is_some() && e.spec.input_type == InputType::Parquet;
         let s3 = self.s3.clone();
         let tx = self.events_tx.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            let result = read_items(&s3, &source).await;
+            let result = match read_items(&s3, &source).await {
+                Ok(uris) if footers => Ok(read_layouts(&s3, uris).await),
+                Ok(uris) => Ok(uris
+                    .into_iter()
+                    .map(|u| FileLayout {
+                        bucket: u.bucket,
+                        key: u.key,
+                        row_groups: None,
+                    })
+                    .collect()),
+                Err(e) => Err(e),
+            };
             let _ = tx.send(Event::ItemsRead { id, result });
         });
     }
@@ -450,20 +384,18 @@ impl Engine {
                 let Some(e) = self.runs.get_mut(&id) else {
                     return;
                 };
+                if e.run.status() != RunStatus::Running {
+                    // Aborted while its items were being read.
+                    return;
+                }
                 match result {
-                    Ok(uris) => {
-                        info!(run = %id, children = uris.len(), "items read");
-                        e.run.set_children(
-                            uris.into_iter()
-                                .map(|u| ChildSpec {
-                                    bucket: u.bucket,
-                                    key: u.key,
-                                    row_groups: None,
-                                    first_index: 0,
-                                })
-                                .collect(),
-                        );
-                        self.open.push(id);
+                    Ok(files) => {
+                        let children = batcher::plan(&files, e.spec.batcher.as_ref());
+                        info!(run = %id, objects = files.len(), children = children.len(), "items read");
+                        e.run.set_children(children, now_ms());
+                        self.open.push(id.clone());
+                        // An empty batched file set has nothing to run: settle at once.
+                        self.settle(&id);
                     }
                     Err(err) => {
                         warn!(run = %id, error = %err, "item reader failed");
@@ -497,8 +429,121 @@ impl Engine {
         }
     }
 
+    fn list(
+        &self,
+        status: Option<RunStatus>,
+        page: &PageRequest,
+    ) -> Result<Page<RunDescription>, CoordinatorError> {
+        let (offset, size) = page.resolve()?;
+        let matching: Vec<&Entry> = self
+            .created
+            .iter()
+            .rev()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|e| status.is_none_or(|s| self.reported_status(e) == s))
+            .collect();
+        let items: Vec<RunDescription> = matching
+            .iter()
+            .skip(offset)
+            .take(size)
+            .map(|e| self.describe(e))
+            .collect();
+        let next = offset + items.len();
+        Ok(Page {
+            items,
+            next_token: (next < matching.len()).then(|| next.to_string()),
+        })
+    }
+
+    fn update(&mut self, id: &RunId, u: UpdateRequest) -> Result<RunDescription, CoordinatorError> {
+        if let Some(p) = u.tolerated_failure_percentage
+            && !(p.is_finite() && (0.0..=100.0).contains(&p))
+        {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "toleratedFailurePercentage must be between 0 and 100, got {p}"
+            )));
+        }
+        let e = self.entry_mut(id)?;
+        if e.run.status().is_terminal() {
+            return Err(CoordinatorError::Conflict(format!(
+                "map run {id} is {}; only open or pending runs can be updated",
+                e.run.status().as_str()
+            )));
+        }
+        if let Some(n) = u.max_concurrency {
+            e.run.set_max_concurrency(n);
+        }
+        if u.tolerated_failure_count.is_some() || u.tolerated_failure_percentage.is_some() {
+            let t = e.run.tolerance();
+            e.run.set_tolerance(Tolerance {
+                count: u.tolerated_failure_count.or(t.count),
+                percentage: u.tolerated_failure_percentage.or(t.percentage),
+            });
+        }
+        info!(run = %id, max_concurrency = e.run.max_concurrency(), "map run updated");
+        let e = self.entry(id)?;
+        Ok(self.describe(e))
+    }
+
+    fn abort(&mut self, id: &RunId) -> Result<RunDescription, CoordinatorError> {
+        let e = self.entry_mut(id)?;
+        e.run
+            .abort(now_ms())
+            .map_err(|r| CoordinatorError::Conflict(r.0))?;
+        info!(run = %id, "map run aborted");
+        self.settle(id);
+        let e = self.entry(id)?;
+        Ok(self.describe(e))
+    }
+
+    fn redrive(&mut self, id: &RunId) -> Result<RunDescription, CoordinatorError> {
+        let e = self.entry_mut(id)?;
+        if !e.finalized {
+            return Err(CoordinatorError::Conflict(format!(
+                "map run {id} is still running or writing its results"
+            )));
+        }
+        let n = e
+            .run
+            .redrive(now_ms())
+            .map_err(|r| CoordinatorError::Conflict(r.0))?;
+        e.finalized = false;
+        e.finalizing = false;
+        e.manifest_key = None;
+        info!(run = %id, executions = n, redrive_count = e.run.redrive_count, "map run redriven");
+        self.request_admission(id);
+        let e = self.entry(id)?;
+        Ok(self.describe(e))
+    }
+
+    fn executions(
+        &self,
+        id: &RunId,
+        status: Option<ExecState>,
+        page: &PageRequest,
+    ) -> Result<Page<ChildExecution>, CoordinatorError> {
+        let (offset, size) = page.resolve()?;
+        let e = self.entry(id)?;
+        let n = e.run.children().len() as u32;
+        let matching = (0..n).filter(|&i| status.is_none_or(|s| e.run.state(i) == Some(s)));
+        let mut items = Vec::new();
+        let mut seen = 0usize;
+        for i in matching {
+            if seen >= offset && items.len() < size {
+                items.extend(child_view(e, i, false));
+            }
+            seen += 1;
+        }
+        let next = offset + items.len();
+        Ok(Page {
+            items,
+            next_token: (next < seen).then(|| next.to_string()),
+        })
+    }
+
     /// Publishes what the credit windows allow, then waits for the broker's confirms.
     async fn dispatch(&mut self) -> Result<(), CoordinatorError> {
+        let now = now_ms();
         let mut pending = Vec::new();
         while let Some((id, exec, attempt)) = self.republish.pop_front() {
             if let Some(c) = self.publish_item(&id, exec, attempt).await? {
@@ -512,10 +557,13 @@ impl Engine {
             let mut progressed = false;
             for k in 0..n {
                 let id = self.open[(start + k) % n].clone();
-                let Some(next) = self.runs.get_mut(&id).and_then(|e| e.run.next_dispatch()) else {
+                let Some((exec, attempt)) = self
+                    .runs
+                    .get_mut(&id)
+                    .and_then(|e| e.run.next_dispatch(now))
+                else {
                     continue;
                 };
-                let (exec, attempt) = next;
                 progressed = true;
                 if let Some(c) = self.publish_item(&id, exec, attempt).await? {
                     pending.push((id, exec, attempt, c));
@@ -591,10 +639,14 @@ impl Engine {
             Ok(o) => {
                 let id = RunId(o.run_id.clone());
                 match self.runs.get_mut(&id) {
-                    Some(e) => match e.run.apply_outcome(&o) {
+                    Some(e) => match e.run.apply_outcome(&o, now_ms()) {
                         Applied::Recorded => {
                             m::execution_finished(&o);
                             self.settle(&id);
+                        }
+                        Applied::RetryScheduled { due_ms } => {
+                            m::execution_finished(&o);
+                            debug!(run = %id, execution = o.execution, due_ms, "retry scheduled");
                         }
                         Applied::Ignored(why) => debug!(run = %id, why, "outcome ignored"),
                     },
@@ -619,18 +671,19 @@ impl Engine {
                     item.source_uri(),
                     self.topology.delivery_limit
                 );
-                if let Some(e) = self.runs.get_mut(&id)
-                    && e.run.apply_failure(
+                if let Some(e) = self.runs.get_mut(&id) {
+                    let applied = e.run.apply_failure(
                         item.execution,
                         item.attempt,
                         errors::RUNTIME,
                         cause,
                         now_ms(),
-                    ) == Applied::Recorded
-                {
-                    warn!(run = %id, execution = item.execution, "poison item failed its child execution");
-                    m::execution_failed(errors::RUNTIME);
-                    self.settle(&id);
+                    );
+                    if applied == Applied::Recorded {
+                        warn!(run = %id, execution = item.execution, "poison item failed its child execution");
+                        m::execution_failed(errors::RUNTIME);
+                        self.settle(&id);
+                    }
                 }
             }
             Err(err) => warn!(error = %err, "undecodable dead-lettered item dropped"),
@@ -671,13 +724,19 @@ impl Engine {
         m::set_admission(&self.admission);
     }
 
+    /// Step Functions reports a run as RUNNING until its ResultWriter output exists.
+    fn reported_status(&self, e: &Entry) -> RunStatus {
+        let status = e.run.status();
+        if status.is_terminal() && !e.finalized {
+            RunStatus::Running
+        } else {
+            status
+        }
+    }
+
     fn describe(&self, e: &Entry) -> RunDescription {
         let run = &e.run;
-        let mut status = run.status();
-        if status.is_terminal() && !e.finalized {
-            // Still writing results: Step Functions reports the run as running until then.
-            status = RunStatus::Running;
-        }
+        let status = self.reported_status(e);
         let backlog_position = (status == RunStatus::Pending)
             .then(|| self.admission.position(&run.id))
             .flatten();
@@ -703,8 +762,10 @@ impl Engine {
             tolerated_failure_count: run.tolerance().count,
             tolerated_failure_percentage: run.tolerance().percentage,
             item_source: e.spec.source.describe(),
-            item_counts: run.counts(),
+            item_counts: run.item_counts(),
             execution_counts: run.counts(),
+            redrive_count: run.redrive_count,
+            redrive_date: rfc3339(run.redrive_ms),
             readings: run.readings,
             anomalies: run.anomalies,
             devices_with_anomalies: run.devices_with_anomalies.clone(),
@@ -719,68 +780,27 @@ impl Engine {
     }
 }
 
-/// Checks a run request before anything is created; returns the ResultWriter prefix.
-fn validate(spec: &RunSpec) -> Result<S3Uri, CoordinatorError> {
-    let bad = |m: String| Err(CoordinatorError::InvalidRequest(m));
-    if let Err(e) = spec.thresholds.validate() {
-        return bad(e);
-    }
-    if let Err(e) = fleetmap_objstore::uri::validate_bucket(&spec.results.bucket) {
-        return bad(format!("results bucket {:?}: {e}", spec.results.bucket));
-    }
-    if let Err(e) = validate_prefix(&spec.results.prefix) {
-        return bad(format!("results prefix {:?}: {e}", spec.results.prefix));
-    }
-    if let Some(p) = spec.tolerance.percentage
-        && !(0.0..=100.0).contains(&p)
-    {
-        return bad(format!(
-            "ToleratedFailurePercentage must be between 0 and 100, got {p}"
-        ));
-    }
-    let writer = match &spec.result_writer {
-        Some(uri) => S3Uri::parse_prefix(uri)
-            .map_err(|e| CoordinatorError::InvalidRequest(format!("ResultWriter prefix: {e}")))?,
-        None => S3Uri {
-            bucket: spec.results.bucket.clone(),
-            key: "mapruns/".into(),
-        },
-    };
-    if let Err(e) = validate_prefix(&writer.key) {
-        return bad(format!("ResultWriter prefix {:?}: {e}", writer.key));
-    }
-    Ok(writer)
-}
-
-/// A key prefix must not climb out of its bucket or prefix (`..`) or start at `/`.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.starts_with('/') {
-        return Err("must not start with '/'".into());
-    }
-    if prefix.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err("must not contain '.' or '..' segments".into());
-    }
-    if prefix.chars().any(|c| c.is_control()) {
-        return Err("must not contain control characters".into());
-    }
-    if prefix.len() > 512 {
-        return Err(format!("is {} bytes, more than 512", prefix.len()));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::validate_prefix;
-
-    #[test]
-    fn prefixes_cannot_escape() {
-        assert!(validate_prefix("analytics").is_ok());
-        assert!(validate_prefix("a/b/c/").is_ok());
-        assert!(validate_prefix("").is_ok());
-        assert!(validate_prefix("../other").is_err());
-        assert!(validate_prefix("a/../../b").is_err());
-        assert!(validate_prefix("/abs").is_err());
-        assert!(validate_prefix("a\nb").is_err());
-    }
+fn child_view(e: &Entry, execution: u32, with_history: bool) -> Option<ChildExecution> {
+    let run = &e.run;
+    let child = run.child(execution)?;
+    let rec = run.record(execution);
+    Some(ChildExecution {
+        execution,
+        name: format!("{}-{execution:06}", run.id),
+        status: run.state(execution)?,
+        attempt: run.attempt(execution).unwrap_or(0),
+        source: format!("s3://{}/{}", child.bucket, child.key),
+        row_groups: child.row_groups,
+        index: child.first_index,
+        items: child.items,
+        worker: rec.and_then(|r| r.worker_id.clone()),
+        start_date: rec.and_then(|r| rfc3339(r.started_ms)),
+        stop_date: rec.and_then(|r| rfc3339(r.finished_ms)),
+        bytes_read: rec.map(|r| r.bytes_read),
+        readings: rec.map(|r| r.readings),
+        result_key: rec.and_then(|r| r.result_key.clone()),
+        error: rec.and_then(|r| r.error.clone()),
+        cause: rec.and_then(|r| r.cause.clone()),
+        history: with_history.then(|| run.history(execution).to_vec()),
+    })
 }

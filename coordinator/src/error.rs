@@ -23,6 +23,11 @@ pub enum CoordinatorError {
     /// The run request itself is wrong; nothing was created.
     #[error("invalid map run request: {0}")]
     InvalidRequest(String),
+    /// The request is valid but not in the run's current state (abort a finished run…).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("no map run with id {0:?}")]
     UnknownRun(String),
     #[error("the coordinator has stopped")]

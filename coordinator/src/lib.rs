@@ -11,19 +11,33 @@
 //! - [`admission`]: pure open-map-run admission control with a FIFO backlog.
 //! - [`reader`]: item readers over S3 (manifest, prefix, list).
 //! - [`result_writer`]: `manifest.json` / `SUCCEEDED_n.json` / `FAILED_n.json`.
-//! - [`engine`]: the event loop tying them to RabbitMQ, and its handle.
+//! - [`batcher`]: pure `ItemBatcher` planning of child executions over row groups.
+//! - [`retry`]: pure Step Functions `Retry` rules.
+//! - [`spec`]: a run request and its validation.
+//! - [`handle`]: the API as Rust — commands and the documents they return.
+//! - [`engine`]: the event loop tying them to RabbitMQ.
 //! - [`metrics`]: metric names and updates.
 
 pub mod admission;
+pub mod api;
+pub mod batcher;
 pub mod engine;
 pub mod error;
+pub mod handle;
 pub mod manifest;
 pub mod metrics;
 pub mod reader;
 pub mod result_writer;
+pub mod retry;
 pub mod run;
+pub mod spec;
 
-pub use engine::{Coordinator, CoordinatorConfig, CoordinatorHandle, RunDescription, RunSpec};
+pub use engine::{Coordinator, CoordinatorConfig};
 pub use error::CoordinatorError;
+pub use handle::{
+    AdmissionView, ChildExecution, CoordinatorHandle, Page, PageRequest, RunDescription,
+    UpdateRequest,
+};
 pub use reader::ItemSource;
-pub use run::{Counts, RunId, RunStatus, Tolerance};
+pub use run::{Counts, ExecState, RunId, RunStatus, Tolerance};
+pub use spec::RunSpec;

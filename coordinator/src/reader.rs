@@ -114,3 +114,76 @@ async fn read_manifest(s3: &Client, uri: &str) -> Result<Vec<S3Uri>, ReaderError
     }
     parser.finish().map_err(|e| ReaderError(e.to_string()))
 }
+
+/// Footer reads in flight at once while planning a batched run.
+const FOOTER_CONCURRENCY: usize = 16;
+/// Bytes fetched from an object's end: usually the whole footer in one request.
+const FOOTER_PREFETCH: u64 = 64 * 1024;
+
+/// Reads each Parquet object's footer (two small ranged GETs at most, never data pages) to
+/// learn its row groups. An unreadable footer is not the item reader's failure: that child
+/// execution covers the whole object and its worker reports the problem with the object.
+pub async fn read_layouts(s3: &Client, uris: Vec<S3Uri>) -> Vec<crate::batcher::FileLayout> {
+    use futures::StreamExt;
+    futures::stream::iter(uris)
+        .map(|u| async move {
+            let row_groups = match footer_row_groups(s3, &u).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(object = %u, error = %e, "footer unreadable; whole-object child execution");
+                    None
+                }
+            };
+            crate::batcher::FileLayout {
+                bucket: u.bucket,
+                key: u.key,
+                row_groups,
+            }
+        })
+        .buffered(FOOTER_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn footer_row_groups(s3: &Client, u: &S3Uri) -> Result<Vec<(u64, u64)>, String> {
+    use fleetmap_objstore::{get_range, head_size};
+    let size = head_size(s3, &u.bucket, &u.key)
+        .await
+        .map_err(|e| e.to_string())?;
+    if size < 12 {
+        return Err(format!("{u} is {size} bytes, too small to be Parquet"));
+    }
+    let tail_len = FOOTER_PREFETCH.min(size);
+    let tail = get_range(s3, &u.bucket, &u.key, size - tail_len..size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = tail.len();
+    if n < 8 || &tail[n - 4..] != b"PAR1" {
+        return Err(format!("{u} does not end with the Parquet magic bytes"));
+    }
+    let meta_len = u32::from_le_bytes([tail[n - 8], tail[n - 7], tail[n - 6], tail[n - 5]]) as u64;
+    if meta_len + 8 > size {
+        return Err(format!(
+            "{u}: footer length {meta_len} exceeds the object size {size}"
+        ));
+    }
+    let meta = if meta_len + 8 <= n as u64 {
+        tail.slice(n - 8 - meta_len as usize..n - 8)
+    } else {
+        get_range(s3, &u.bucket, &u.key, size - 8 - meta_len..size - 8)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let md = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
+        .map_err(|e| format!("{u}: corrupt Parquet footer: {e}"))?;
+    Ok(md
+        .row_groups()
+        .iter()
+        .map(|rg| {
+            (
+                rg.num_rows().max(0) as u64,
+                rg.compressed_size().max(0) as u64,
+            )
+        })
+        .collect())
+}

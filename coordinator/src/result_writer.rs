@@ -133,7 +133,7 @@ fn entry(run: &MapRun, r: &ExecRecord) -> Value {
         "Status": status,
         "StartDate": rfc3339(r.started_ms),
         "StopDate": rfc3339(r.finished_ms),
-        "RedriveCount": 0,
+        "RedriveCount": run.redrive_count,
         "Attempt": r.attempt,
         "Worker": r.worker_id,
     });
@@ -185,11 +185,13 @@ mod tests {
                     key: format!("f{i}"),
                     row_groups: None,
                     first_index: 0,
+                    items: None,
                 })
                 .collect(),
+            0,
         );
         run.open(0);
-        while run.next_dispatch().is_some() {}
+        while run.next_dispatch(0).is_some() {}
         for (i, status) in [
             ItemStatus::Succeeded {
                 readings: 24,
@@ -206,16 +208,19 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            run.apply_outcome(&OutcomeMessage {
-                run_id: "r1".into(),
-                execution: i as u32,
-                attempt: 1,
-                worker_id: "w".into(),
-                started_ms: 1,
-                finished_ms: 2,
-                bytes_read: 0,
-                status,
-            });
+            run.apply_outcome(
+                &OutcomeMessage {
+                    run_id: "r1".into(),
+                    execution: i as u32,
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    started_ms: 1,
+                    finished_ms: 2,
+                    bytes_read: 0,
+                    status,
+                },
+                1,
+            );
         }
         let prefix = S3Uri::parse_prefix("s3://results/runs/").unwrap();
         let files = render(&run, &prefix);

@@ -6,17 +6,20 @@
 //! duplicate (a redelivery, or a late answer after an abort) and changes nothing. Times are
 //! passed in as Unix milliseconds so tests can drive it without sleeping.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage, errors};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::retry::{self, Retrier};
 
 /// Step Functions' `MaxConcurrency: 0` means "as many as possible", capped at 10,000.
 pub const MAX_CONCURRENCY_CAP: u32 = 10_000;
 
 /// A map run's id: unique, URL-safe, stable across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RunId(pub String);
 
@@ -26,7 +29,7 @@ impl fmt::Display for RunId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     /// Waiting in the open-map-run backlog, or reading its items.
@@ -62,10 +65,13 @@ pub struct ChildSpec {
     pub bucket: String,
     pub key: String,
     pub row_groups: Option<(u32, u32)>,
+    /// Map context `Index` of the first item (reading) of this child execution.
     pub first_index: u64,
+    /// Items (readings) in this child execution, when the footer told us.
+    pub items: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExecState {
     Pending,
@@ -76,9 +82,22 @@ pub enum ExecState {
     Aborted,
 }
 
+impl ExecState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecState::Pending => "PENDING",
+            ExecState::Running => "RUNNING",
+            ExecState::Succeeded => "SUCCEEDED",
+            ExecState::Failed => "FAILED",
+            ExecState::TimedOut => "TIMED_OUT",
+            ExecState::Aborted => "ABORTED",
+        }
+    }
+}
+
 /// The Step Functions counters, as `DescribeMapRun` returns them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Counts {
     pub pending: u64,
     pub running: u64,
@@ -88,6 +107,10 @@ pub struct Counts {
     pub aborted: u64,
     pub total: u64,
     pub results_written: u64,
+    /// Failed executions that a redrive cannot re-run (none in fleetmap: all can).
+    pub failures_not_redrivable: u64,
+    /// Executions a redrive queued that have not been dispatched yet.
+    pub pending_redrive: u64,
 }
 
 /// Failure tolerance (`ToleratedFailureCount` / `ToleratedFailurePercentage`); the run fails
@@ -114,6 +137,31 @@ impl Tolerance {
     }
 }
 
+/// What happened to a child execution, in order (its "execution history").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecEvent {
+    pub timestamp: String,
+    #[serde(rename = "type")]
+    pub kind: Cow<'static, str>,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readings: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<i64>,
+}
+
+/// Events kept per child execution; older ones are dropped (the count says how many).
+pub const MAX_EVENTS_PER_EXECUTION: usize = 64;
+
 /// The final record of one child execution, for ResultWriter and history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExecRecord {
@@ -136,9 +184,16 @@ pub struct ExecRecord {
 pub enum Applied {
     /// The outcome changed the run.
     Recorded,
+    /// The execution failed and will be dispatched again at `due_ms` under the Retry policy.
+    RetryScheduled { due_ms: i64 },
     /// Already applied, stale, or for an execution that is no longer running: ignored.
     Ignored(String),
 }
+
+/// Why a control request (abort, redrive) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 #[derive(Debug)]
 pub struct MapRun {
@@ -147,13 +202,23 @@ pub struct MapRun {
     status: RunStatus,
     max_concurrency: u32,
     tolerance: Tolerance,
+    retry: Vec<Retrier>,
     children: Vec<ChildSpec>,
     states: Vec<ExecState>,
     attempts: Vec<u32>,
     /// Next never-dispatched execution; everything before it has been dispatched once.
     cursor: usize,
+    /// Executions a redrive made pending again, in order.
+    redrive_queue: VecDeque<u32>,
+    /// Failed executions waiting out a Retry delay: still RUNNING, still holding a credit.
+    retry_wait: BTreeSet<(i64, u32)>,
+    waiting: HashMap<u32, i64>,
+    retries_used: HashMap<u32, Vec<u32>>,
     counts: Counts,
     records: BTreeMap<u32, ExecRecord>,
+    history: HashMap<u32, Vec<ExecEvent>>,
+    pub redrive_count: u32,
+    pub redrive_ms: Option<i64>,
     pub created_ms: i64,
     pub start_ms: Option<i64>,
     pub stop_ms: Option<i64>,
@@ -163,6 +228,13 @@ pub struct MapRun {
     pub anomalies: AnomalyCounts,
     pub devices_with_anomalies: BTreeMap<String, u64>,
     pub executions_by_worker: BTreeMap<String, u64>,
+    seed: u64,
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 impl MapRun {
@@ -175,18 +247,29 @@ impl MapRun {
         tolerance: Tolerance,
         now_ms: i64,
     ) -> Self {
+        let seed = id.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         MapRun {
             id,
             label,
             status: RunStatus::Pending,
             max_concurrency,
             tolerance,
+            retry: Vec::new(),
             children: Vec::new(),
             states: Vec::new(),
             attempts: Vec::new(),
             cursor: 0,
+            redrive_queue: VecDeque::new(),
+            retry_wait: BTreeSet::new(),
+            waiting: HashMap::new(),
+            retries_used: HashMap::new(),
             counts: Counts::default(),
             records: BTreeMap::new(),
+            history: HashMap::new(),
+            redrive_count: 0,
+            redrive_ms: None,
             created_ms: now_ms,
             start_ms: None,
             stop_ms: None,
@@ -196,7 +279,13 @@ impl MapRun {
             anomalies: AnomalyCounts::default(),
             devices_with_anomalies: BTreeMap::new(),
             executions_by_worker: BTreeMap::new(),
+            seed,
         }
+    }
+
+    pub fn with_retry(mut self, retry: Vec<Retrier>) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn status(&self) -> RunStatus {
@@ -204,7 +293,32 @@ impl MapRun {
     }
 
     pub fn counts(&self) -> Counts {
-        self.counts
+        Counts {
+            pending_redrive: self.redrive_queue.len() as u64,
+            ..self.counts
+        }
+    }
+
+    /// `itemCounts`: like [`MapRun::counts`] but in items (readings) where the item reader
+    /// knew each child's size; children of unknown size count as one item.
+    pub fn item_counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for (child, state) in self.children.iter().zip(&self.states) {
+            let n = child.items.unwrap_or(1);
+            c.total += n;
+            match state {
+                ExecState::Pending => c.pending += n,
+                ExecState::Running => c.running += n,
+                ExecState::Succeeded => {
+                    c.succeeded += n;
+                    c.results_written += n;
+                }
+                ExecState::Failed => c.failed += n,
+                ExecState::TimedOut => c.timed_out += n,
+                ExecState::Aborted => c.aborted += n,
+            }
+        }
+        c
     }
 
     pub fn max_concurrency(&self) -> u32 {
@@ -215,6 +329,10 @@ impl MapRun {
         self.tolerance
     }
 
+    pub fn set_tolerance(&mut self, tolerance: Tolerance) {
+        self.tolerance = tolerance;
+    }
+
     pub fn children(&self) -> &[ChildSpec] {
         &self.children
     }
@@ -223,8 +341,27 @@ impl MapRun {
         self.children.get(execution as usize)
     }
 
+    pub fn state(&self, execution: u32) -> Option<ExecState> {
+        self.states.get(execution as usize).copied()
+    }
+
+    pub fn attempt(&self, execution: u32) -> Option<u32> {
+        self.attempts.get(execution as usize).copied()
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &ExecRecord> {
         self.records.values()
+    }
+
+    pub fn record(&self, execution: u32) -> Option<&ExecRecord> {
+        self.records.get(&execution)
+    }
+
+    pub fn history(&self, execution: u32) -> &[ExecEvent] {
+        self.history
+            .get(&execution)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The effective credit window: 0 means the Step Functions cap.
@@ -239,30 +376,38 @@ impl MapRun {
         self.max_concurrency = n;
     }
 
-    pub fn set_children(&mut self, children: Vec<ChildSpec>) {
+    pub fn set_children(&mut self, children: Vec<ChildSpec>, now_ms: i64) {
         let n = children.len();
         self.children = children;
         self.states = vec![ExecState::Pending; n];
         self.attempts = vec![0; n];
         self.cursor = 0;
+        self.redrive_queue.clear();
         self.counts = Counts {
             pending: n as u64,
             total: n as u64,
             ..Counts::default()
         };
+        if n <= 100_000 {
+            for i in 0..n as u32 {
+                self.event(i, now_ms, "ExecutionQueued", 0, None);
+            }
+        }
     }
 
     /// Admitted: starts dispatching.
     pub fn open(&mut self, now_ms: i64) {
         if self.status == RunStatus::Pending {
             self.status = RunStatus::Running;
-            self.start_ms = Some(now_ms);
+            if self.start_ms.is_none() {
+                self.start_ms = Some(now_ms);
+            }
         }
     }
 
     /// Fails a run that never got going (its item reader failed).
     pub fn fail(&mut self, error: &str, cause: String, now_ms: i64) {
-        self.abort_unfinished();
+        self.abort_unfinished(now_ms);
         self.status = RunStatus::Failed;
         self.error = Some(error.to_owned());
         self.cause = Some(cause);
@@ -277,41 +422,129 @@ impl MapRun {
         self.cause = Some(cause);
     }
 
-    /// The next execution to publish, if the run is open and has a free credit.
-    /// Marks it running; the caller must publish it (or call [`MapRun::undispatch`]).
-    pub fn next_dispatch(&mut self) -> Option<(u32, u32)> {
-        if self.status != RunStatus::Running || self.counts.running >= self.window() {
+    /// A user's abort: stops dispatching, aborts pending and running executions.
+    pub fn abort(&mut self, now_ms: i64) -> Result<(), Refused> {
+        if self.status.is_terminal() {
+            return Err(Refused(format!(
+                "map run {} is already {}",
+                self.id,
+                self.status.as_str()
+            )));
+        }
+        self.abort_unfinished(now_ms);
+        self.status = RunStatus::Aborted;
+        self.cause = Some("aborted by request".into());
+        self.stop_ms = Some(now_ms);
+        Ok(())
+    }
+
+    /// `RedriveExecution`: re-runs only the failed, timed-out and aborted child executions;
+    /// succeeded ones keep their results. The run goes back to PENDING for admission.
+    /// Returns how many executions were queued again.
+    pub fn redrive(&mut self, now_ms: i64) -> Result<u64, Refused> {
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Aborted) {
+            return Err(Refused(format!(
+                "map run {} is {}: only FAILED or ABORTED runs can be redriven",
+                self.id,
+                self.status.as_str()
+            )));
+        }
+        let mut n = 0;
+        for i in 0..self.states.len() {
+            if matches!(
+                self.states[i],
+                ExecState::Failed | ExecState::TimedOut | ExecState::Aborted
+            ) {
+                self.states[i] = ExecState::Pending;
+                self.records.remove(&(i as u32));
+                self.retries_used.remove(&(i as u32));
+                self.redrive_queue.push_back(i as u32);
+                let attempt = self.attempts[i];
+                self.event(i as u32, now_ms, "ExecutionRedriven", attempt, None);
+                n += 1;
+            }
+        }
+        self.counts.pending += n;
+        self.counts.failed = 0;
+        self.counts.timed_out = 0;
+        self.counts.aborted = 0;
+        self.redrive_count += 1;
+        self.redrive_ms = Some(now_ms);
+        self.status = RunStatus::Pending;
+        self.error = None;
+        self.cause = None;
+        self.stop_ms = None;
+        Ok(n)
+    }
+
+    /// When the earliest Retry wait ends, if any.
+    pub fn next_due(&self) -> Option<i64> {
+        self.retry_wait.first().map(|(due, _)| *due)
+    }
+
+    /// The next execution to publish, if the run is open and has a free credit (or a retry
+    /// is due — a retrying execution keeps its credit). Marks it running; the caller must
+    /// publish it (or call [`MapRun::undispatch`]).
+    pub fn next_dispatch(&mut self, now_ms: i64) -> Option<(u32, u32)> {
+        if self.status != RunStatus::Running {
             return None;
         }
-        let i = self.cursor;
-        if i >= self.states.len() {
+        if let Some(&(due, i)) = self.retry_wait.first()
+            && due <= now_ms
+        {
+            self.retry_wait.pop_first();
+            self.waiting.remove(&i);
+            let idx = i as usize;
+            self.attempts[idx] += 1;
+            let attempt = self.attempts[idx];
+            self.event(i, now_ms, "ExecutionDispatched", attempt, None);
+            return Some((i, attempt));
+        }
+        if self.counts.running >= self.window() {
             return None;
         }
-        self.cursor += 1;
+        let i = if let Some(i) = self.redrive_queue.pop_front() {
+            i as usize
+        } else {
+            // Skip anything a redrive or abort already moved on.
+            while self.cursor < self.states.len() && self.states[self.cursor] != ExecState::Pending
+            {
+                self.cursor += 1;
+            }
+            if self.cursor >= self.states.len() {
+                return None;
+            }
+            self.cursor += 1;
+            self.cursor - 1
+        };
         self.states[i] = ExecState::Running;
         self.attempts[i] += 1;
         self.counts.pending -= 1;
         self.counts.running += 1;
-        Some((i as u32, self.attempts[i]))
+        let attempt = self.attempts[i];
+        self.event(i as u32, now_ms, "ExecutionDispatched", attempt, None);
+        Some((i as u32, attempt))
     }
 
     /// Returns an execution to pending when its publish was refused, so it is sent again.
     pub fn undispatch(&mut self, execution: u32) {
         let i = execution as usize;
-        if self.states.get(i) == Some(&ExecState::Running) && i + 1 == self.cursor {
+        if self.states.get(i) == Some(&ExecState::Running) && !self.waiting.contains_key(&execution)
+        {
             self.states[i] = ExecState::Pending;
             self.attempts[i] -= 1;
-            self.cursor -= 1;
             self.counts.running -= 1;
             self.counts.pending += 1;
+            self.redrive_queue.push_front(execution);
         }
     }
 
     /// Applies a worker's outcome once.
-    pub fn apply_outcome(&mut self, o: &OutcomeMessage) -> Applied {
+    pub fn apply_outcome(&mut self, o: &OutcomeMessage, now_ms: i64) -> Applied {
         let i = o.execution as usize;
         match (self.states.get(i), self.attempts.get(i)) {
-            (Some(ExecState::Running), Some(&a)) if a == o.attempt => {}
+            (Some(ExecState::Running), Some(&a))
+                if a == o.attempt && !self.waiting.contains_key(&o.execution) => {}
             (Some(state), Some(&a)) => {
                 return Applied::Ignored(format!(
                     "execution {} attempt {} is {state:?} at attempt {a}",
@@ -325,15 +558,20 @@ impl MapRun {
                 ));
             }
         }
-        *self
-            .executions_by_worker
-            .entry(o.worker_id.clone())
-            .or_default() += 1;
+        let worker = (o.worker_id != COORDINATOR).then(|| o.worker_id.clone());
+        if let Some(w) = &worker {
+            *self.executions_by_worker.entry(w.clone()).or_default() += 1;
+        }
+        if let Some(w) = &worker {
+            let mut e = self.new_event(o.started_ms, "ExecutionStarted", o.attempt);
+            e.worker = Some(w.clone());
+            self.push_event(o.execution, e);
+        }
         let mut record = ExecRecord {
             execution: o.execution,
             attempt: o.attempt,
             state: ExecState::Succeeded,
-            worker_id: Some(o.worker_id.clone()),
+            worker_id: worker.clone(),
             started_ms: Some(o.started_ms),
             finished_ms: Some(o.finished_ms),
             bytes_read: o.bytes_read,
@@ -351,6 +589,11 @@ impl MapRun {
                 result_key,
                 ..
             } => {
+                let mut e = self.new_event(o.finished_ms, "ExecutionSucceeded", o.attempt);
+                e.worker = worker;
+                e.bytes_read = Some(o.bytes_read);
+                e.readings = Some(*readings);
+                self.push_event(o.execution, e);
                 record.readings = *readings;
                 record.anomalies = *anomalies;
                 record.result_key = Some(result_key.clone());
@@ -362,20 +605,36 @@ impl MapRun {
                         .entry(d.deviceid.clone())
                         .or_default() += d.readings_with_anomalies;
                 }
-                self.finish_exec(i, record);
+                self.finish_exec(i, record, now_ms);
+                Applied::Recorded
             }
             ItemStatus::Failed { error, cause } => {
-                record.state = if error == errors::TIMEOUT {
+                let timed_out = error == errors::TIMEOUT;
+                let kind = if timed_out {
+                    "ExecutionTimedOut"
+                } else {
+                    "ExecutionFailed"
+                };
+                let mut e = self.new_event(o.finished_ms.max(o.started_ms), kind, o.attempt);
+                e.worker = worker;
+                e.bytes_read = Some(o.bytes_read);
+                e.error = Some(error.clone());
+                e.cause = Some(cause.clone());
+                self.push_event(o.execution, e);
+                if let Some(due_ms) = self.schedule_retry(o.execution, error, now_ms) {
+                    return Applied::RetryScheduled { due_ms };
+                }
+                record.state = if timed_out {
                     ExecState::TimedOut
                 } else {
                     ExecState::Failed
                 };
                 record.error = Some(error.clone());
                 record.cause = Some(cause.clone());
-                self.finish_exec(i, record);
+                self.finish_exec(i, record, now_ms);
+                Applied::Recorded
             }
         }
-        Applied::Recorded
     }
 
     /// Records a failure that did not come from a worker's outcome (a dead-lettered item).
@@ -391,7 +650,7 @@ impl MapRun {
             run_id: self.id.0.clone(),
             execution,
             attempt,
-            worker_id: "coordinator".into(),
+            worker_id: COORDINATOR.into(),
             started_ms: now_ms,
             finished_ms: now_ms,
             bytes_read: 0,
@@ -400,19 +659,34 @@ impl MapRun {
                 cause,
             },
         };
-        let applied = self.apply_outcome(&o);
-        if applied == Applied::Recorded
-            && let Some(n) = self.executions_by_worker.get_mut("coordinator")
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.executions_by_worker.remove("coordinator");
-            }
-        }
-        applied
+        self.apply_outcome(&o, now_ms)
     }
 
-    fn finish_exec(&mut self, i: usize, record: ExecRecord) {
+    fn schedule_retry(&mut self, execution: u32, error: &str, now_ms: i64) -> Option<i64> {
+        if self.retry.is_empty() || self.status != RunStatus::Running {
+            return None;
+        }
+        let used = self.retries_used.entry(execution).or_default();
+        let which = retry::choose(&self.retry, error, used)?;
+        if used.len() <= which {
+            used.resize(which + 1, 0);
+        }
+        used[which] += 1;
+        let n = used[which];
+        let attempt = self.attempts[execution as usize];
+        let u = retry::unit_draw(self.seed, execution, attempt);
+        let delay = self.retry[which].delay_ms(n, u);
+        let due = now_ms + delay;
+        self.retry_wait.insert((due, execution));
+        self.waiting.insert(execution, due);
+        let mut e = self.new_event(now_ms, "ExecutionRetryScheduled", attempt);
+        e.retry_in_ms = Some(delay);
+        e.error = Some(error.to_owned());
+        self.push_event(execution, e);
+        Some(due)
+    }
+
+    fn finish_exec(&mut self, i: usize, record: ExecRecord, now_ms: i64) {
         self.counts.running -= 1;
         match record.state {
             ExecState::Succeeded => {
@@ -423,6 +697,7 @@ impl MapRun {
             _ => self.counts.failed += 1,
         }
         self.states[i] = record.state;
+        self.retries_used.remove(&record.execution);
         self.records.insert(record.execution, record);
         let failures = self.counts.failed + self.counts.timed_out;
         if self.status == RunStatus::Running && self.tolerance.exceeded(failures, self.counts.total)
@@ -434,7 +709,7 @@ impl MapRun {
                 self.counts.total,
                 self.describe_tolerance()
             ));
-            self.abort_unfinished();
+            self.abort_unfinished(now_ms);
         }
     }
 
@@ -447,19 +722,21 @@ impl MapRun {
         }
     }
 
-    fn abort_unfinished(&mut self) {
-        for (i, s) in self.states.iter_mut().enumerate() {
-            if matches!(s, ExecState::Pending | ExecState::Running) {
-                *s = ExecState::Aborted;
+    fn abort_unfinished(&mut self, now_ms: i64) {
+        for i in 0..self.states.len() {
+            if matches!(self.states[i], ExecState::Pending | ExecState::Running) {
+                self.states[i] = ExecState::Aborted;
+                let attempt = self.attempts[i];
+                self.event(i as u32, now_ms, "ExecutionAborted", attempt, None);
                 self.records.insert(
                     i as u32,
                     ExecRecord {
                         execution: i as u32,
-                        attempt: self.attempts[i],
+                        attempt,
                         state: ExecState::Aborted,
                         worker_id: None,
                         started_ms: None,
-                        finished_ms: None,
+                        finished_ms: Some(now_ms),
                         bytes_read: 0,
                         readings: 0,
                         anomalies: AnomalyCounts::default(),
@@ -473,7 +750,45 @@ impl MapRun {
         self.counts.aborted += self.counts.pending + self.counts.running;
         self.counts.pending = 0;
         self.counts.running = 0;
+        self.redrive_queue.clear();
+        self.retry_wait.clear();
+        self.waiting.clear();
         self.cursor = self.states.len();
+    }
+
+    fn new_event(&self, at_ms: i64, kind: &'static str, attempt: u32) -> ExecEvent {
+        ExecEvent {
+            timestamp: iso(at_ms),
+            kind: Cow::Borrowed(kind),
+            attempt,
+            worker: None,
+            bytes_read: None,
+            readings: None,
+            error: None,
+            cause: None,
+            retry_in_ms: None,
+        }
+    }
+
+    fn event(
+        &mut self,
+        execution: u32,
+        at_ms: i64,
+        kind: &'static str,
+        attempt: u32,
+        worker: Option<String>,
+    ) {
+        let mut e = self.new_event(at_ms, kind, attempt);
+        e.worker = worker;
+        self.push_event(execution, e);
+    }
+
+    fn push_event(&mut self, execution: u32, e: ExecEvent) {
+        let h = self.history.entry(execution).or_default();
+        if h.len() >= MAX_EVENTS_PER_EXECUTION {
+            h.remove(1);
+        }
+        h.push(e);
     }
 
     /// Once nothing is pending or running, decides the run's final status. Returns true when
@@ -494,6 +809,9 @@ impl MapRun {
     }
 }
 
+/// The worker id recorded for failures the coordinator itself decided (dead letters).
+pub const COORDINATOR: &str = "coordinator";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,12 +823,13 @@ mod tests {
             key: format!("f{i}"),
             row_groups: None,
             first_index: 0,
+            items: Some(24),
         }
     }
 
     fn run(n: u32, max_concurrency: u32, tolerance: Tolerance) -> MapRun {
         let mut r = MapRun::new(RunId("r".into()), None, max_concurrency, tolerance, 0);
-        r.set_children((0..n).map(child).collect());
+        r.set_children((0..n).map(child).collect(), 0);
         r.open(1);
         r
     }
@@ -553,16 +872,20 @@ mod tests {
     }
 
     fn drain(r: &mut MapRun) -> Vec<(u32, u32)> {
-        std::iter::from_fn(|| r.next_dispatch()).collect()
+        drain_at(r, 1)
+    }
+
+    fn drain_at(r: &mut MapRun, now: i64) -> Vec<(u32, u32)> {
+        std::iter::from_fn(|| r.next_dispatch(now)).collect()
     }
 
     #[test]
     fn pending_run_dispatches_nothing_until_opened() {
         let mut r = MapRun::new(RunId("r".into()), None, 2, Tolerance::default(), 0);
-        r.set_children(vec![child(0)]);
-        assert_eq!(r.next_dispatch(), None);
+        r.set_children(vec![child(0)], 0);
+        assert_eq!(r.next_dispatch(1), None);
         r.open(5);
-        assert_eq!(r.next_dispatch(), Some((0, 1)));
+        assert_eq!(r.next_dispatch(1), Some((0, 1)));
         assert_eq!(r.start_ms, Some(5));
     }
 
@@ -570,7 +893,7 @@ mod tests {
     fn max_concurrency_bounds_in_flight_executions() {
         let mut r = run(5, 2, Tolerance::default());
         assert_eq!(drain(&mut r), [(0, 1), (1, 1)]);
-        assert_eq!(r.apply_outcome(&ok(0, 1, 24)), Applied::Recorded);
+        assert_eq!(r.apply_outcome(&ok(0, 1, 24), 1), Applied::Recorded);
         assert_eq!(drain(&mut r), [(2, 1)]);
         r.set_max_concurrency(4);
         assert_eq!(drain(&mut r), [(3, 1), (4, 1)]);
@@ -589,17 +912,17 @@ mod tests {
     fn duplicate_and_stale_outcomes_are_ignored() {
         let mut r = run(2, 2, Tolerance::default());
         drain(&mut r);
-        assert_eq!(r.apply_outcome(&ok(0, 1, 24)), Applied::Recorded);
+        assert_eq!(r.apply_outcome(&ok(0, 1, 24), 1), Applied::Recorded);
         assert!(matches!(
-            r.apply_outcome(&ok(0, 1, 24)),
+            r.apply_outcome(&ok(0, 1, 24), 1),
             Applied::Ignored(_)
         ));
         assert!(matches!(
-            r.apply_outcome(&ok(1, 2, 24)),
+            r.apply_outcome(&ok(1, 2, 24), 1),
             Applied::Ignored(_)
         ));
         assert!(matches!(
-            r.apply_outcome(&ok(9, 1, 24)),
+            r.apply_outcome(&ok(9, 1, 24), 1),
             Applied::Ignored(_)
         ));
         assert_eq!(r.readings, 24);
@@ -611,9 +934,9 @@ mod tests {
     fn all_succeeded_settles_to_succeeded() {
         let mut r = run(2, 10, Tolerance::default());
         drain(&mut r);
-        r.apply_outcome(&ok(0, 1, 24));
+        r.apply_outcome(&ok(0, 1, 24), 1);
         assert!(!r.settle(3));
-        r.apply_outcome(&ok(1, 1, 24));
+        r.apply_outcome(&ok(1, 1, 24), 1);
         assert!(r.settle(3));
         assert_eq!(r.status(), RunStatus::Succeeded);
         let c = r.counts();
@@ -625,7 +948,7 @@ mod tests {
     fn one_failure_fails_a_run_without_tolerance_and_aborts_the_rest() {
         let mut r = run(4, 2, Tolerance::default());
         drain(&mut r);
-        r.apply_outcome(&failed(0, 1));
+        r.apply_outcome(&failed(0, 1), 1);
         assert_eq!(r.status(), RunStatus::Failed);
         assert_eq!(
             r.error.as_deref(),
@@ -633,9 +956,9 @@ mod tests {
         );
         let c = r.counts();
         assert_eq!((c.failed, c.aborted, c.pending, c.running), (1, 3, 0, 0));
-        assert_eq!(r.next_dispatch(), None);
+        assert_eq!(r.next_dispatch(1), None);
         assert!(matches!(
-            r.apply_outcome(&ok(1, 1, 24)),
+            r.apply_outcome(&ok(1, 1, 24), 1),
             Applied::Ignored(_)
         ));
         assert!(r.settle(9));
@@ -671,9 +994,9 @@ mod tests {
             },
         );
         drain(&mut r);
-        r.apply_outcome(&failed(0, 1));
-        r.apply_outcome(&ok(1, 1, 1));
-        r.apply_outcome(&ok(2, 1, 1));
+        r.apply_outcome(&failed(0, 1), 1);
+        r.apply_outcome(&ok(1, 1, 1), 1);
+        r.apply_outcome(&ok(2, 1, 1), 1);
         assert!(r.settle(4));
         assert_eq!(r.status(), RunStatus::Succeeded);
         assert_eq!(r.counts().failed, 1);
@@ -694,9 +1017,138 @@ mod tests {
     #[test]
     fn refused_publish_is_dispatched_again() {
         let mut r = run(2, 1, Tolerance::default());
-        assert_eq!(r.next_dispatch(), Some((0, 1)));
+        assert_eq!(r.next_dispatch(1), Some((0, 1)));
         r.undispatch(0);
         assert_eq!(r.counts().pending, 2);
-        assert_eq!(r.next_dispatch(), Some((0, 1)));
+        assert_eq!(r.next_dispatch(1), Some((0, 1)));
+    }
+
+    #[test]
+    fn redrive_reruns_only_failed_executions() {
+        let mut r = run(
+            4,
+            4,
+            Tolerance {
+                count: Some(0),
+                percentage: None,
+            },
+        );
+        drain(&mut r);
+        r.apply_outcome(&ok(0, 1, 24), 1);
+        r.apply_outcome(&ok(1, 1, 24), 1);
+        r.apply_outcome(&failed(2, 1), 1);
+        assert_eq!(r.status(), RunStatus::Failed);
+        assert_eq!(r.counts().aborted, 1);
+        assert!(r.settle(2));
+        assert_eq!(r.redrive(3).unwrap(), 2);
+        assert_eq!(r.status(), RunStatus::Pending);
+        assert_eq!(r.redrive_count, 1);
+        let c = r.counts();
+        assert_eq!(
+            (
+                c.succeeded,
+                c.failed,
+                c.aborted,
+                c.pending,
+                c.pending_redrive
+            ),
+            (2, 0, 0, 2, 2)
+        );
+        r.open(4);
+        assert_eq!(drain_at(&mut r, 4), [(2, 2), (3, 2)]);
+        r.apply_outcome(&ok(2, 2, 24), 5);
+        r.apply_outcome(&ok(3, 2, 24), 5);
+        assert!(r.settle(6));
+        assert_eq!(r.status(), RunStatus::Succeeded);
+        assert_eq!(r.readings, 4 * 24);
+        assert_eq!(
+            r.executions_by_worker["w1"], 5,
+            "attempts, the failed one included"
+        );
+        let kinds: Vec<&str> = r.history(2).iter().map(|e| e.kind.as_ref()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "ExecutionQueued",
+                "ExecutionDispatched",
+                "ExecutionStarted",
+                "ExecutionFailed",
+                "ExecutionRedriven",
+                "ExecutionDispatched",
+                "ExecutionStarted",
+                "ExecutionSucceeded"
+            ]
+        );
+    }
+
+    #[test]
+    fn succeeded_and_running_runs_cannot_be_redriven() {
+        let mut r = run(1, 1, Tolerance::default());
+        assert!(r.redrive(1).is_err());
+        drain(&mut r);
+        r.apply_outcome(&ok(0, 1, 1), 1);
+        r.settle(1);
+        assert!(r.redrive(2).unwrap_err().0.contains("SUCCEEDED"));
+    }
+
+    #[test]
+    fn abort_stops_dispatch_and_ignores_late_outcomes() {
+        let mut r = run(5, 2, Tolerance::default());
+        drain(&mut r);
+        r.abort(3).unwrap();
+        assert_eq!(r.status(), RunStatus::Aborted);
+        let c = r.counts();
+        assert_eq!((c.aborted, c.running, c.pending), (5, 0, 0));
+        assert_eq!(r.next_dispatch(4), None);
+        assert!(matches!(
+            r.apply_outcome(&ok(0, 1, 1), 4),
+            Applied::Ignored(_)
+        ));
+        assert!(r.abort(5).is_err());
+        assert_eq!(r.redrive(6).unwrap(), 5);
+    }
+
+    #[test]
+    fn retry_policy_redispatches_with_backoff_holding_the_credit() {
+        let policy = vec![Retrier {
+            error_equals: vec!["States.ALL".into()],
+            interval_seconds: 1.0,
+            max_attempts: 2,
+            backoff_rate: 2.0,
+            max_delay_seconds: None,
+            jitter_strategy: retry::JitterStrategy::None,
+        }];
+        let mut r =
+            MapRun::new(RunId("r".into()), None, 1, Tolerance::default(), 0).with_retry(policy);
+        r.set_children(vec![child(0), child(1)], 0);
+        r.open(0);
+        assert_eq!(r.next_dispatch(0), Some((0, 1)));
+        assert_eq!(
+            r.apply_outcome(&failed(0, 1), 100),
+            Applied::RetryScheduled { due_ms: 1100 }
+        );
+        // Still running and holding the only credit: nothing else goes out, not even early.
+        assert_eq!(r.counts().running, 1);
+        assert_eq!(r.next_dispatch(1099), None);
+        assert_eq!(r.next_due(), Some(1100));
+        assert_eq!(r.next_dispatch(1100), Some((0, 2)));
+        assert_eq!(
+            r.apply_outcome(&failed(0, 2), 1200),
+            Applied::RetryScheduled { due_ms: 3200 }
+        );
+        assert_eq!(r.next_dispatch(3200), Some((0, 3)));
+        // Attempts exhausted: the failure is final and, untolerated, fails the run.
+        assert_eq!(r.apply_outcome(&failed(0, 3), 3300), Applied::Recorded);
+        assert_eq!(r.status(), RunStatus::Failed);
+        assert_eq!(r.counts().failed, 1);
+    }
+
+    #[test]
+    fn item_counts_use_readings_per_child() {
+        let mut r = run(3, 3, Tolerance::default());
+        drain(&mut r);
+        r.apply_outcome(&ok(0, 1, 24), 1);
+        let items = r.item_counts();
+        assert_eq!((items.total, items.succeeded, items.running), (72, 24, 48));
     }
 }

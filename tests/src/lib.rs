@@ -127,6 +127,8 @@ impl Harness {
             input_type: InputType::Parquet,
             max_concurrency,
             tolerance,
+            batcher: None,
+            retry: Vec::new(),
             results: ResultTarget {
                 bucket: RESULTS.into(),
                 prefix: RESULTS_PREFIX.into(),

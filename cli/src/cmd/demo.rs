@@ -24,9 +24,10 @@ use lapin::options::QueuePurgeOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::gen_data::GenShape;
-use crate::cmd::run::{Output, ThresholdArgs};
+use crate::cmd::run::Output;
 use crate::common::{AmqpArgs, S3Args, shutdown_on_signals};
 use crate::report;
+use crate::runargs::ThresholdArgs;
 
 const DATA_BUCKET: &str = "fleetmap-data";
 const RESULTS_BUCKET: &str = "fleetmap-results";
@@ -54,12 +55,9 @@ pub struct DemoArgs {
     pub amqp: AmqpArgs,
     #[command(flatten)]
     pub s3: S3Args,
-    /// Output format of the summary.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_on_signals();
     // The demo's own queues, so it never touches a real deployment's items.
     let topology = Topology {
@@ -133,6 +131,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         input_type: InputType::Parquet,
         max_concurrency: args.max_concurrency,
         tolerance: Tolerance::default(),
+        batcher: None,
+        retry: Vec::new(),
         results: ResultTarget {
             bucket: RESULTS_BUCKET.into(),
             prefix: RESULTS_PREFIX.into(),
@@ -142,7 +142,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         thresholds: args.thresholds.thresholds(),
     };
     let id = handle.start_run(spec).await?;
-    let mut progress = report::Progress::new(args.output == Output::Text);
+    let mut progress = report::Progress::new(output == Output::Text);
     let outcome = tokio::select! {
         d = handle.wait(&id, Duration::from_millis(100), |d| progress.update(d)) => d,
         _ = shutdown.cancelled() => Err(fleetmap_coordinator::CoordinatorError::Stopped),
@@ -157,7 +157,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = coordinator.join().await;
 
     let d = outcome.context("waiting for the map run")?;
-    match args.output {
+    match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Output::Text => {
             let on_disk = local.as_ref().map(|l| {

@@ -1,0 +1,66 @@
+//! `fleetmap coordinator`: the long-running control plane with its HTTP API.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Args;
+use fleetmap_coordinator::{Coordinator, CoordinatorConfig, api};
+
+use crate::common::{AmqpArgs, S3Args, shutdown_on_signals};
+use crate::ops;
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address of the API, `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "FLEETMAP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token the API requires; unset means no authentication (loopback use only).
+    #[arg(long, env = "FLEETMAP_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Open map runs allowed at once; more wait in a FIFO backlog.
+    #[arg(long, env = "FLEETMAP_OPEN_MAP_RUN_LIMIT", default_value_t = fleetmap_coordinator::admission::DEFAULT_OPEN_MAP_RUN_LIMIT)]
+    pub open_map_run_limit: usize,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    if args.open_map_run_limit == 0 {
+        anyhow::bail!("--open-map-run-limit must be at least 1");
+    }
+    let shutdown = shutdown_on_signals();
+    let metrics = ops::install_metrics()?;
+    let ready = ops::Ready::default();
+    let s3 = fleetmap_objstore::client(&args.s3.config()).await;
+    let coordinator = Coordinator::start(
+        CoordinatorConfig {
+            amqp_url: args.amqp.amqp_url.clone(),
+            topology: args.amqp.topology(),
+            open_map_run_limit: args.open_map_run_limit,
+        },
+        s3,
+        shutdown.clone(),
+    )
+    .await?;
+    let token = args.api_token.filter(|t| !t.is_empty());
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the API has no bearer token and listens beyond loopback; set FLEETMAP_API_TOKEN");
+    }
+    let routes = api::router(coordinator.handle(), token);
+    let addr = ops::serve(
+        args.listen,
+        metrics,
+        ready.clone(),
+        routes,
+        shutdown.clone(),
+    )
+    .await?;
+    ready.set(true);
+    tracing::info!(%addr, "coordinator API listening");
+    let result = coordinator.join().await;
+    ready.set(false);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
