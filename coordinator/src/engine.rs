@@ -102,6 +102,9 @@ impl Coordinator {
             admission,
             events_tx,
             republish: VecDeque::new(),
+            opened: 0,
+            runs_finished: 0,
+            executions_finished: 0,
         };
         info!(
             open_map_run_limit = cfg.open_map_run_limit,
@@ -163,6 +166,7 @@ struct Entry {
     /// Terminal and releasing its slot / writing results.
     finalizing: bool,
     manifest_key: Option<String>,
+    open_order: Option<u64>,
 }
 
 struct Engine {
@@ -179,6 +183,9 @@ struct Engine {
     events_tx: mpsc::UnboundedSender<Event>,
     /// Items whose publish was nacked or returned: sent again before anything new.
     republish: VecDeque<(RunId, u32, u32)>,
+    opened: u64,
+    runs_finished: u64,
+    executions_finished: u64,
 }
 
 impl Engine {
@@ -290,6 +297,8 @@ impl Engine {
                     open_map_runs: self.admission.open_count(),
                     backlog_size: self.admission.backlog_len(),
                     backlog: self.admission.backlog().map(|r| r.0.clone()).collect(),
+                    runs_finished: self.runs_finished,
+                    executions_finished: self.executions_finished,
                 });
             }
         }
@@ -328,6 +337,7 @@ impl Engine {
                 finalized: false,
                 finalizing: false,
                 manifest_key: None,
+                open_order: None,
             },
         );
         self.created.push(id.clone());
@@ -351,6 +361,8 @@ impl Engine {
         let Some(e) = self.runs.get_mut(id) else {
             return;
         };
+        self.opened += 1;
+        e.open_order = Some(self.opened);
         e.run.open(now_ms());
         if e.run.counts().total > 0 {
             self.open.push(id.clone());
@@ -416,6 +428,7 @@ impl Engine {
                     }
                 }
                 e.finalized = true;
+                self.runs_finished += 1;
                 m::run_finished(e.run.status());
                 info!(
                     run = %id,
@@ -641,6 +654,7 @@ impl Engine {
                 match self.runs.get_mut(&id) {
                     Some(e) => match e.run.apply_outcome(&o, now_ms()) {
                         Applied::Recorded => {
+                            self.executions_finished += 1;
                             m::execution_finished(&o);
                             self.settle(&id);
                         }
@@ -680,6 +694,7 @@ impl Engine {
                         now_ms(),
                     );
                     if applied == Applied::Recorded {
+                        self.executions_finished += 1;
                         warn!(run = %id, execution = item.execution, "poison item failed its child execution");
                         m::execution_failed(errors::RUNTIME);
                         self.settle(&id);
@@ -705,6 +720,7 @@ impl Engine {
         if e.run.counts().total == 0 {
             // Never got items: nothing to write.
             e.finalized = true;
+            self.runs_finished += 1;
             m::run_finished(e.run.status());
         } else {
             let s3 = self.s3.clone();
@@ -776,6 +792,7 @@ impl Engine {
                 .as_ref()
                 .map(|k| format!("s3://{}/{k}", e.writer_prefix.bucket)),
             backlog_position,
+            open_order: e.open_order,
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct RunDescription {
     pub result_writer_manifest: Option<String>,
     /// 1-based position in the open-map-run backlog while PENDING there.
     pub backlog_position: Option<usize>,
+    /// The order in which runs were admitted (opened), counting from 1; FIFO means this
+    /// follows creation order.
+    pub open_order: Option<u64>,
 }
 
 /// One child execution, with its history when asked for one.
@@ -128,6 +131,10 @@ pub struct AdmissionView {
     pub backlog_size: usize,
     /// Run ids waiting, first to open first.
     pub backlog: Vec<String>,
+    /// Runs that reached a terminal state since the coordinator started.
+    pub runs_finished: u64,
+    /// Child execution outcomes applied since the coordinator started.
+    pub executions_finished: u64,
 }
 
 pub(crate) enum Command {

@@ -13,7 +13,7 @@ use fleetmap_coordinator::{
     Tolerance,
 };
 use fleetmap_objstore::local::LocalS3;
-use fleetmap_protocol::{InputType, ResultTarget, Thresholds, Topology};
+use fleetmap_protocol::{ResultTarget, Topology};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -43,7 +43,9 @@ pub struct Harness {
     pub topology: Topology,
     coordinator_stop: CancellationToken,
     coordinator: Option<Coordinator>,
-    workers: Vec<(CancellationToken, JoinHandle<()>, Arc<WorkerStats>)>,
+    workers: Vec<(CancellationToken, JoinHandle<()>)>,
+    /// Shared by every worker of the harness: counts for the whole fleet.
+    pub stats: Arc<WorkerStats>,
 }
 
 impl Harness {
@@ -86,6 +88,7 @@ impl Harness {
             coordinator_stop,
             coordinator: Some(coordinator),
             workers: Vec::new(),
+            stats: Arc::new(WorkerStats::default()),
         };
         for i in 1..=workers {
             h.add_worker(&format!("worker-{i}"), concurrency);
@@ -97,16 +100,15 @@ impl Harness {
         let mut cfg = WorkerConfig::new(amqp_url(), self.topology.clone(), id);
         cfg.concurrency = concurrency;
         let stop = CancellationToken::new();
-        let stats = Arc::new(WorkerStats::default());
         let task = tokio::spawn({
-            let (s3, stats, stop) = (self.client.clone(), stats.clone(), stop.clone());
+            let (s3, stats, stop) = (self.client.clone(), self.stats.clone(), stop.clone());
             async move {
                 consumer::run(cfg, s3, stats, stop)
                     .await
                     .expect("worker runs");
             }
         });
-        self.workers.push((stop, task, stats));
+        self.workers.push((stop, task));
     }
 
     pub fn handle(&self) -> CoordinatorHandle {
@@ -116,26 +118,39 @@ impl Harness {
             .handle()
     }
 
-    pub fn worker_stats(&self) -> Vec<Arc<WorkerStats>> {
-        self.workers.iter().map(|(_, _, s)| s.clone()).collect()
-    }
-
     /// A run over `source` with the sample's settings and the given tolerance.
     pub fn spec(source: ItemSource, max_concurrency: u32, tolerance: Tolerance) -> RunSpec {
-        RunSpec {
+        let mut spec = RunSpec::new(
             source,
-            input_type: InputType::Parquet,
-            max_concurrency,
-            tolerance,
-            batcher: None,
-            retry: Vec::new(),
-            results: ResultTarget {
+            ResultTarget {
                 bucket: RESULTS.into(),
                 prefix: RESULTS_PREFIX.into(),
             },
-            result_writer: None,
-            label: None,
-            thresholds: Thresholds::default(),
+        );
+        spec.max_concurrency = max_concurrency;
+        spec.tolerance = tolerance;
+        spec
+    }
+
+    /// Waits (bounded) until `cond` holds for the run's description.
+    pub async fn wait_until(
+        &self,
+        id: &RunId,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&RunDescription) -> bool,
+    ) -> RunDescription {
+        let h = self.handle();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = h.describe(id).await.expect("describe");
+            if cond(&d) {
+                return d;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("run {id}: {what} did not happen within {timeout:?}: {d:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -193,7 +208,7 @@ impl Harness {
 
     /// Stops workers and coordinator, deletes the test's queues and the S3 server.
     pub async fn stop(mut self) {
-        for (stop, task, _) in self.workers.drain(..) {
+        for (stop, task) in self.workers.drain(..) {
             stop.cancel();
             let _ = task.await;
         }

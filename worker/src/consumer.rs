@@ -49,13 +49,54 @@ pub enum SessionError {
     ConsumerCancelled,
 }
 
-/// Counters a worker's owner (CLI, tests) can read while it runs.
+/// Counters a worker's owner (CLI, tests) can read while it runs. Several workers may share
+/// one, which then counts for all of them.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub items_succeeded: AtomicU64,
     pub items_failed: AtomicU64,
     pub items_rejected: AtomicU64,
     pub sessions: AtomicU64,
+    /// Per run: child executions in progress now, and the most seen at once.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+}
+
+impl WorkerStats {
+    fn enter(&self, run: &str) {
+        if let Ok(mut m) = self.in_flight.lock() {
+            let e = m.entry(run.to_owned()).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        }
+    }
+
+    fn leave(&self, run: &str) {
+        if let Ok(mut m) = self.in_flight.lock()
+            && let Some(e) = m.get_mut(run)
+        {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
+
+    /// The most child executions of `run` these workers held at once. An execution counts
+    /// from the moment a worker takes it until just before its outcome is published, so the
+    /// coordinator cannot have freed its credit yet: this never exceeds `MaxConcurrency`.
+    pub fn max_in_flight(&self, run: &str) -> u64 {
+        self.in_flight
+            .lock()
+            .ok()
+            .and_then(|m| m.get(run).map(|e| e.1))
+            .unwrap_or(0)
+    }
+
+    /// Starts a new observation window for `run` (e.g. after an `UpdateMapRun`).
+    pub fn reset_max_in_flight(&self, run: &str) {
+        if let Ok(mut m) = self.in_flight.lock()
+            && let Some(e) = m.get_mut(run)
+        {
+            e.1 = e.0;
+        }
+    }
 }
 
 /// Runs the worker until `shutdown` is cancelled, reconnecting whenever the broker is lost.
@@ -227,6 +268,7 @@ impl ItemCtx {
         };
         let span = info_span!("item", run = %item.run_id, execution = item.execution, attempt = item.attempt);
         async move {
+            self.stats.enter(&item.run_id);
             metrics::gauge!("fleetmap_worker_items_in_flight").increment(1.0);
             let started_ms = chrono::Utc::now().timestamp_millis();
             let t0 = Instant::now();
@@ -256,6 +298,7 @@ impl ItemCtx {
                     )
                 }
             };
+            self.stats.leave(&item.run_id);
             let outcome = OutcomeMessage {
                 run_id: item.run_id.clone(),
                 execution: item.execution,

@@ -58,6 +58,8 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     ready.set(true);
+    // A plain line on stdout so scripts and tests can find a port chosen with `:0`.
+    println!("fleetmap coordinator listening on http://{addr}");
     tracing::info!(%addr, "coordinator API listening");
     let result = coordinator.join().await;
     ready.set(false);
