@@ -19,7 +19,7 @@ pub enum Admission {
     Backlogged { position: usize },
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdmissionControl {
     limit: usize,
     open: HashSet<RunId>,

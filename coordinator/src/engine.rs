@@ -34,6 +34,7 @@ use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
 use crate::run::{Applied, ExecState, MapRun, RunId, RunStatus, Tolerance};
 use crate::spec::{RunSpec, validate};
+use crate::state::{RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore};
 
 /// Most items published between two confirm waits; bounds the loop's latency for outcomes.
 const PUBLISH_BATCH: usize = 1_000;
@@ -45,7 +46,15 @@ pub struct CoordinatorConfig {
     pub amqp_url: String,
     pub topology: Topology,
     pub open_map_run_limit: usize,
+    /// Where to checkpoint (`s3://bucket/prefix/`); `None` keeps state in memory only and
+    /// acks outcomes at once (a one-shot `fleetmap run`, tests of other things).
+    pub state: Option<S3Uri>,
 }
+
+/// Checkpoint at most this often under a stream of outcomes, so one PUT covers many.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+/// …or as soon as this many outcomes wait for their ack.
+const CHECKPOINT_AFTER_OUTCOMES: usize = 500;
 
 enum Event {
     ItemsRead {
@@ -89,9 +98,15 @@ impl Coordinator {
 
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let admission = AdmissionControl::new(cfg.open_map_run_limit);
-        m::set_admission(&admission);
-        let engine = Engine {
+        let store = cfg
+            .state
+            .as_ref()
+            .map(|uri| StateStore::new(s3.clone(), uri));
+        let snapshot = match &store {
+            Some(st) => st.load().await?,
+            None => None,
+        };
+        let mut engine = Engine {
             topology: cfg.topology,
             s3,
             publish,
@@ -99,13 +114,22 @@ impl Coordinator {
             created: Vec::new(),
             open: Vec::new(),
             rr: 0,
-            admission,
+            admission: AdmissionControl::new(cfg.open_map_run_limit),
             events_tx,
             republish: VecDeque::new(),
             opened: 0,
             runs_finished: 0,
             executions_finished: 0,
+            store,
+            dirty: false,
+            unacked: Vec::new(),
+            deferred: Vec::new(),
+            last_save: std::time::Instant::now(),
         };
+        if let Some(snap) = snapshot {
+            engine.restore(snap, cfg.open_map_run_limit);
+        }
+        m::set_admission(&engine.admission);
         info!(
             open_map_run_limit = cfg.open_map_run_limit,
             prefix = %engine.topology.prefix,
@@ -186,9 +210,164 @@ struct Engine {
     opened: u64,
     runs_finished: u64,
     executions_finished: u64,
+    store: Option<StateStore>,
+    /// State changed since the last checkpoint.
+    dirty: bool,
+    /// Outcome and dead-letter deliveries applied but not yet covered by a checkpoint.
+    unacked: Vec<lapin::Acker>,
+    /// API replies to send once the change they report is durable.
+    deferred: Vec<Box<dyn FnOnce() + Send>>,
+    last_save: std::time::Instant,
 }
 
 impl Engine {
+    /// Rebuilds the engine from a checkpoint and restarts what was in motion.
+    fn restore(&mut self, snap: Snapshot, limit: usize) {
+        let n = snap.runs.len();
+        self.opened = snap.opened;
+        self.runs_finished = snap.runs_finished;
+        self.executions_finished = snap.executions_finished;
+        self.admission = snap.admission;
+        // A raised limit opens runs from the backlog; they are admitted below.
+        let opened_now = self.admission.set_limit(limit);
+        self.republish = snap.republish.into_iter().collect();
+        self.open = snap.open;
+        let mut to_settle = Vec::new();
+        let mut to_read = Vec::new();
+        for r in snap.runs {
+            let id = r.run.id.clone();
+            let writer_prefix = S3Uri::parse_prefix(&r.writer_prefix).unwrap_or(S3Uri {
+                bucket: r.spec.results.bucket.clone(),
+                key: "mapruns/".into(),
+            });
+            if r.run.status().is_terminal() && !r.finalized {
+                to_settle.push(id.clone());
+            } else if r.run.status() == RunStatus::Running && r.run.counts().total == 0 {
+                to_read.push(id.clone());
+            }
+            self.created.push(id.clone());
+            self.runs.insert(
+                id,
+                Entry {
+                    run: r.run,
+                    spec: r.spec,
+                    writer_prefix,
+                    finalized: r.finalized,
+                    finalizing: false,
+                    manifest_key: r.manifest_key,
+                    open_order: r.open_order,
+                },
+            );
+        }
+        self.created
+            .sort_by_key(|id| self.runs.get(id).map(|e| e.run.created_ms));
+        for id in to_read {
+            self.read_items(&id);
+        }
+        for id in opened_now {
+            self.admit(&id);
+        }
+        for id in to_settle {
+            self.settle(&id);
+        }
+        info!(
+            runs = n,
+            open = self.open.len(),
+            backlog = self.admission.backlog_len(),
+            "coordinator state restored"
+        );
+    }
+
+    /// Writes a checkpoint when one is due, then acks what it covers and sends the replies
+    /// that waited for it. Returns when the next one is due, if changes are waiting.
+    async fn checkpoint(&mut self, force: bool) -> Option<std::time::Duration> {
+        let Some(store) = &self.store else {
+            return None;
+        };
+        if !self.dirty {
+            return None;
+        }
+        let since = self.last_save.elapsed();
+        let due = force
+            || !self.deferred.is_empty()
+            || self.unacked.len() >= CHECKPOINT_AFTER_OUTCOMES
+            || since >= CHECKPOINT_EVERY;
+        if !due {
+            return Some(CHECKPOINT_EVERY - since);
+        }
+        let body = {
+            let snap = SnapshotRef {
+                version: STATE_VERSION,
+                saved_ms: now_ms(),
+                runs: self
+                    .created
+                    .iter()
+                    .filter_map(|id| self.runs.get(id))
+                    .map(|e| RunSnapshotRef {
+                        run: &e.run,
+                        spec: &e.spec,
+                        writer_prefix: e.writer_prefix.to_string(),
+                        finalized: e.finalized,
+                        manifest_key: &e.manifest_key,
+                        open_order: e.open_order,
+                    })
+                    .collect(),
+                open: &self.open,
+                admission: &self.admission,
+                republish: self.republish.iter().collect(),
+                opened: self.opened,
+                runs_finished: self.runs_finished,
+                executions_finished: self.executions_finished,
+            };
+            serde_json::to_vec(&snap)
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot serialise the coordinator state");
+                return Some(CHECKPOINT_EVERY);
+            }
+        };
+        if let Err(e) = store.save(body).await {
+            warn!(error = %e, "checkpoint failed; outcomes stay unacked until one succeeds");
+            self.last_save = std::time::Instant::now();
+            return Some(std::time::Duration::from_millis(500));
+        }
+        self.dirty = false;
+        self.last_save = std::time::Instant::now();
+        for a in self.unacked.drain(..) {
+            let _ = a.ack(BasicAckOptions::default()).await;
+        }
+        for reply in self.deferred.drain(..) {
+            reply();
+        }
+        None
+    }
+
+    /// Sends `reply` now, or after the next checkpoint when state is persisted.
+    fn reply_when_durable<T: Send + 'static>(
+        &mut self,
+        tx: tokio::sync::oneshot::Sender<T>,
+        value: T,
+    ) {
+        if self.store.is_some() {
+            self.dirty = true;
+            self.deferred.push(Box::new(move || {
+                let _ = tx.send(value);
+            }));
+        } else {
+            let _ = tx.send(value);
+        }
+    }
+
+    async fn ack_when_durable(&mut self, acker: lapin::Acker) {
+        if self.store.is_some() {
+            self.dirty = true;
+            self.unacked.push(acker);
+        } else {
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
+    }
     async fn run(
         mut self,
         conn: Connection,
@@ -202,6 +381,13 @@ impl Engine {
             if let Err(e) = self.dispatch().await {
                 break Err(e);
             }
+            let checkpoint_in = self.checkpoint(false).await;
+            let checkpoint_timer = async {
+                match checkpoint_in {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             // Wake for the earliest Retry that falls due, if any.
             let next_due = self
                 .open
@@ -235,8 +421,12 @@ impl Engine {
                     None => break Err(CoordinatorError::Stopped),
                 },
                 _ = retry_timer => {}
+                _ = checkpoint_timer => {}
             }
         };
+        // Whatever was applied is saved before the connection (and its unacked
+        // deliveries) goes away.
+        self.checkpoint(true).await;
         if let Err(e) = &result {
             warn!(error = %e, "coordinator event loop stopped");
         }
@@ -248,7 +438,8 @@ impl Engine {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Start { spec, reply } => {
-                let _ = reply.send(self.start(*spec));
+                let r = self.start(*spec);
+                self.reply_when_durable(reply, r);
             }
             Command::Describe { id, reply } => {
                 let _ = reply.send(self.entry(&id).map(|e| self.describe(e)));
@@ -261,13 +452,16 @@ impl Engine {
                 let _ = reply.send(self.list(status, &page));
             }
             Command::Update { id, update, reply } => {
-                let _ = reply.send(self.update(&id, update));
+                let r = self.update(&id, update);
+                self.reply_when_durable(reply, r);
             }
             Command::Abort { id, reply } => {
-                let _ = reply.send(self.abort(&id));
+                let r = self.abort(&id);
+                self.reply_when_durable(reply, r);
             }
             Command::Redrive { id, reply } => {
-                let _ = reply.send(self.redrive(&id));
+                let r = self.redrive(&id);
+                self.reply_when_durable(reply, r);
             }
             Command::Executions {
                 id,
@@ -364,10 +558,18 @@ impl Engine {
         self.opened += 1;
         e.open_order = Some(self.opened);
         e.run.open(now_ms());
+        self.dirty = true;
         if e.run.counts().total > 0 {
             self.open.push(id.clone());
             return;
         }
+        self.read_items(id);
+    }
+
+    fn read_items(&mut self, id: &RunId) {
+        let Some(e) = self.runs.get(id) else {
+            return;
+        };
         let source = e.spec.source.clone();
         let footers = e.spec.batcher.is_some() && e.spec.input_type == InputType::Parquet;
         let s3 = self.s3.clone();
@@ -391,6 +593,7 @@ impl Engine {
     }
 
     fn event(&mut self, ev: Event) {
+        self.dirty = true;
         match ev {
             Event::ItemsRead { id, result } => {
                 let Some(e) = self.runs.get_mut(&id) else {
@@ -589,6 +792,9 @@ impl Engine {
                 break;
             }
         }
+        if !pending.is_empty() {
+            self.dirty = true;
+        }
         for (id, exec, attempt, confirm) in pending {
             let ok = confirm.await.map(|c| c.is_ack()).unwrap_or(false);
             if !ok {
@@ -666,7 +872,7 @@ impl Engine {
                     },
                     None => warn!(run = %id, "outcome for an unknown map run dropped"),
                 }
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                self.ack_when_durable(d.acker).await;
             }
             Err(err) => {
                 warn!(error = %err, "undecodable outcome message rejected");
@@ -703,7 +909,7 @@ impl Engine {
             }
             Err(err) => warn!(error = %err, "undecodable dead-lettered item dropped"),
         }
-        let _ = d.acker.ack(BasicAckOptions::default()).await;
+        self.ack_when_durable(d.acker).await;
     }
 
     /// Finishes a run that has nothing left to do: releases its open slot and writes results.

@@ -8,6 +8,8 @@ pub enum CoordinatorError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("RabbitMQ {what} failed: {source}")]
     Amqp {
         what: &'static str,

@@ -15,6 +15,7 @@
 //! - [`retry`]: pure Step Functions `Retry` rules.
 //! - [`spec`]: a run request and its validation.
 //! - [`handle`]: the API as Rust — commands and the documents they return.
+//! - [`state`]: the checkpoint in the object store (persist before ack).
 //! - [`engine`]: the event loop tying them to RabbitMQ.
 //! - [`metrics`]: metric names and updates.
 
@@ -31,6 +32,7 @@ pub mod result_writer;
 pub mod retry;
 pub mod run;
 pub mod spec;
+pub mod state;
 
 pub use engine::{Coordinator, CoordinatorConfig};
 pub use error::CoordinatorError;

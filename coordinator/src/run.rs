@@ -60,7 +60,7 @@ impl RunStatus {
 }
 
 /// One child execution's input: a range of one object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildSpec {
     pub bucket: String,
     pub key: String,
@@ -115,7 +115,7 @@ pub struct Counts {
 
 /// Failure tolerance (`ToleratedFailureCount` / `ToleratedFailurePercentage`); the run fails
 /// when either is *exceeded*. Both unset means no failure is tolerated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tolerance {
     pub count: Option<u64>,
     pub percentage: Option<f64>,
@@ -163,7 +163,7 @@ pub struct ExecEvent {
 pub const MAX_EVENTS_PER_EXECUTION: usize = 64;
 
 /// The final record of one child execution, for ResultWriter and history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecRecord {
     pub execution: u32,
     pub attempt: u32,
@@ -195,7 +195,8 @@ pub enum Applied {
 #[error("{0}")]
 pub struct Refused(pub String);
 
-#[derive(Debug)]
+/// Serializable as a whole: the coordinator's checkpoint is these structs as they are.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct MapRun {
     pub id: RunId,
     pub label: Option<String>,

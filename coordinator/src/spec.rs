@@ -10,7 +10,7 @@ use crate::retry::Retrier;
 use crate::run::Tolerance;
 
 /// A request to start a map run (Step Functions' Map state definition, flattened).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
     pub source: ItemSource,
     pub input_type: InputType,

@@ -75,6 +75,7 @@ impl Harness {
                 amqp_url: amqp_url(),
                 topology: topology.clone(),
                 open_map_run_limit: open_limit,
+                state: None,
             },
             client.clone(),
             coordinator_stop.clone(),

@@ -20,6 +20,11 @@ pub struct CoordinatorArgs {
     /// Open map runs allowed at once; more wait in a FIFO backlog.
     #[arg(long, env = "FLEETMAP_OPEN_MAP_RUN_LIMIT", default_value_t = fleetmap_coordinator::admission::DEFAULT_OPEN_MAP_RUN_LIMIT)]
     pub open_map_run_limit: usize,
+    /// Where the coordinator checkpoints its state (`s3://bucket/prefix/`). Set it in
+    /// production: a restarted coordinator resumes every run from there. Unset keeps state
+    /// in memory only.
+    #[arg(long, env = "FLEETMAP_STATE_URI")]
+    pub state_uri: Option<String>,
     #[command(flatten)]
     pub amqp: AmqpArgs,
     #[command(flatten)]
@@ -30,6 +35,16 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     if args.open_map_run_limit == 0 {
         anyhow::bail!("--open-map-run-limit must be at least 1");
     }
+    let state = match &args.state_uri {
+        Some(uri) => Some(
+            fleetmap_objstore::S3Uri::parse_prefix(uri)
+                .map_err(|e| anyhow::anyhow!("--state-uri {uri:?}: {e}"))?,
+        ),
+        None => {
+            tracing::warn!("no --state-uri: map runs live in memory only and a restart loses them");
+            None
+        }
+    };
     let shutdown = shutdown_on_signals();
     let metrics = ops::install_metrics()?;
     let ready = ops::Ready::default();
@@ -39,6 +54,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             amqp_url: args.amqp.amqp_url.clone(),
             topology: args.amqp.topology(),
             open_map_run_limit: args.open_map_run_limit,
+            state,
         },
         s3,
         shutdown.clone(),

@@ -101,6 +101,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<ExitCode> {
             amqp_url: args.amqp.amqp_url.clone(),
             topology: topology.clone(),
             open_map_run_limit: fleetmap_coordinator::admission::DEFAULT_OPEN_MAP_RUN_LIMIT,
+            state: None,
         },
         s3.clone(),
         shutdown.clone(),

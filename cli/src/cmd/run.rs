@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs, output: Output) -> anyhow::Result<ExitCode> {
             amqp_url: args.amqp.amqp_url.clone(),
             topology: args.amqp.topology(),
             open_map_run_limit: args.open_map_run_limit,
+            state: None,
         },
         s3,
         shutdown.clone(),
