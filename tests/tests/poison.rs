@@ -1,0 +1,107 @@
+//! A poison item — one that takes its worker down every time — hits the quorum queue's
+//! delivery limit, is dead-lettered, and becomes a failed child execution named
+//! `States.Runtime`; the rest of the run goes on.
+
+use std::time::Duration;
+
+use fleetmap_coordinator::{ItemSource, PageRequest, RunStatus, Tolerance};
+use fleetmap_protocol::ItemMessage;
+use fleetmap_sample::GenConfig;
+use fleetmap_tests::{DATA, Harness, amqp_url};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
+    // No real workers at first: a "crashing worker" takes the poison item and dies with it
+    // unacked (here: a requeueing nack, which is what the broker does for a dead consumer).
+    let mut h = Harness::start(0, 1).await;
+    let generated = fleetmap_sample::generate_to_s3(&h.client, DATA, &GenConfig::default())
+        .await
+        .unwrap();
+    let poison_key = generated.files[0].clone();
+    let spec = Harness::spec(
+        ItemSource::AthenaManifest {
+            uri: format!("s3://{DATA}/{}", generated.manifest),
+        },
+        1,
+        Tolerance {
+            count: Some(1),
+            percentage: None,
+        },
+    );
+    let id = h.handle().start_run(spec).await.unwrap();
+
+    let conn = fleetmap_protocol::amqp::connect(&amqp_url(), "fleetmap-test-crasher")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut crasher = ch
+        .basic_consume(
+            h.topology.items_queue().into(),
+            "crasher".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut crashes = 0;
+    while crashes < h.topology.delivery_limit + 1 {
+        let d = tokio::time::timeout(Duration::from_secs(10), crasher.next())
+            .await
+            .expect("the poison item keeps coming back until the limit")
+            .unwrap()
+            .unwrap();
+        let item = ItemMessage::decode(&d.data).unwrap();
+        assert_eq!(
+            item.key, poison_key,
+            "MaxConcurrency 1: only the first item is out"
+        );
+        d.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+        crashes += 1;
+    }
+    let _ = conn.close(200, "crasher done".into()).await;
+
+    // Real workers take over the rest of the run.
+    h.add_worker("worker-1", 2);
+    let d = h
+        .wait_until(&id, Duration::from_secs(60), "the run ends", |d| {
+            d.status.is_terminal()
+        })
+        .await;
+    assert_eq!(
+        d.status,
+        RunStatus::Succeeded,
+        "one failure is tolerated: {d:#?}"
+    );
+    assert_eq!(
+        (d.execution_counts.succeeded, d.execution_counts.failed),
+        (4, 1)
+    );
+    let failed = h
+        .handle()
+        .executions(
+            &id,
+            Some(fleetmap_coordinator::ExecState::Failed),
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1);
+    let f = &failed.items[0];
+    assert_eq!(f.error.as_deref(), Some("States.Runtime"));
+    assert!(
+        f.cause.as_deref().unwrap().contains(&poison_key),
+        "{:?}",
+        f.cause
+    );
+    h.stop().await;
+}
