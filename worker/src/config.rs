@@ -19,6 +19,9 @@ pub struct WorkerConfig {
     /// First and longest wait between reconnect attempts when the broker goes away.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// A Parquet row group needing more compressed bytes than this fails its child
+    /// execution instead of exhausting memory (Step Functions' 256 MB by default).
+    pub max_row_group_bytes: u64,
 }
 
 impl WorkerConfig {
@@ -37,6 +40,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
+            max_row_group_bytes: crate::reader::DEFAULT_MAX_ROW_GROUP_BYTES,
         }
     }
 

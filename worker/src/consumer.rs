@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::WorkerConfig;
-use crate::process::{ItemReport, process_item};
+use crate::process::{ItemReport, ProcessOptions, process_item_with};
 
 /// Why a worker session ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +212,9 @@ async fn session(
             outcomes_queue: outcomes_queue.clone(),
             worker_id: cfg.worker_id.clone(),
             stats: stats.clone(),
+            options: ProcessOptions {
+                max_row_group_bytes: cfg.max_row_group_bytes,
+            },
         };
         tasks.spawn(async move {
             ctx.handle(delivery).await;
@@ -252,6 +255,7 @@ struct ItemCtx {
     outcomes_queue: String,
     worker_id: String,
     stats: Arc<WorkerStats>,
+    options: ProcessOptions,
 }
 
 impl ItemCtx {
@@ -272,7 +276,7 @@ impl ItemCtx {
             metrics::gauge!("fleetmap_worker_items_in_flight").increment(1.0);
             let started_ms = chrono::Utc::now().timestamp_millis();
             let t0 = Instant::now();
-            let result = process_item(&self.s3, &item).await;
+            let result = process_item_with(&self.s3, &item, &self.options).await;
             let finished_ms = chrono::Utc::now().timestamp_millis();
             metrics::gauge!("fleetmap_worker_items_in_flight").decrement(1.0);
             metrics::histogram!("fleetmap_worker_item_duration_seconds")

@@ -68,6 +68,12 @@ const BYTES_PER_RECORD: usize = 420;
 
 /// Appends one JSON line per reading of `r` to `out`. `mask` is the kernel's breach mask
 /// for the same rows.
+///
+/// Per row this is only copies of pre-built fragments and integer formatting: the parts of
+/// a record that do not depend on the row (field names, the analysis date and timestamp,
+/// each breach's type and threshold, the tail for each anomaly count) are assembled once
+/// per call, strings whose column holds nothing to escape are copied as they are, and
+/// metrics are written from their rounded value in hundredths.
 pub fn encode_records(
     r: &Readings,
     mask: &[u8],
@@ -75,15 +81,16 @@ pub fn encode_records(
     ctx: &RecordContext,
     out: &mut Vec<u8>,
 ) {
-    let labels = Labels::new(thresholds);
-    out.reserve(r.len().min(mask.len()) * BYTES_PER_RECORD);
-    for (i, &m) in mask.iter().enumerate().take(r.len()) {
+    let n = r.len().min(mask.len());
+    let parts = Parts::new(thresholds, ctx);
+    let ids = Strings::new(&r.deviceid);
+    let timestamps = Strings::new(&r.timestamp);
+    out.reserve(n * BYTES_PER_RECORD);
+    for (i, &m) in mask.iter().enumerate().take(n) {
         out.extend_from_slice(b"{\"deviceid\":");
-        write_str_or_null(out, &r.deviceid, i);
-        out.extend_from_slice(b",\"analysisdate\":");
-        write_str(out, &ctx.analysisdate);
-        out.extend_from_slice(b",\"readingtimestamp\":");
-        write_str_or_null(out, &r.timestamp, i);
+        ids.write(out, i);
+        out.extend_from_slice(&parts.after_deviceid);
+        timestamps.write(out, i);
         out.extend_from_slice(b",\"readingscount\":1,\"metrics\":{\"temperature\":");
         write_metric(out, &r.temperature, i);
         out.extend_from_slice(b",\"humidity\":");
@@ -95,74 +102,199 @@ pub fn encode_records(
         out.extend_from_slice(b",\"longitude\":");
         write_metric(out, &r.longitude, i);
         out.extend_from_slice(b"},\"anomalies\":[");
-        let mut count = 0u32;
+        let mut count = 0usize;
         for breach in breaches(m) {
-            if count > 0 {
-                out.push(b',');
-            }
-            count += 1;
             let column = match breach {
                 Breach::TemperatureHigh | Breach::TemperatureLow => &r.temperature,
                 Breach::HumidityHigh | Breach::HumidityLow => &r.humidity,
                 Breach::BatteryLow => &r.batterylevel,
             };
-            out.extend_from_slice(b"{\"type\":\"");
-            out.extend_from_slice(breach.anomaly_type().as_str().as_bytes());
-            out.extend_from_slice(b"\",\"value\":");
+            let (open, close) = parts.breach(breach);
+            if count > 0 {
+                out.push(b',');
+            }
+            count += 1;
+            out.extend_from_slice(open);
             write_metric(out, column, i);
-            out.extend_from_slice(b",\"threshold\":");
-            out.extend_from_slice(labels.get(breach));
-            out.push(b'}');
+            out.extend_from_slice(close);
         }
-        out.extend_from_slice(b"],\"anomalycount\":");
-        let _ = write!(out, "{count}");
-        out.extend_from_slice(if count == 0 {
-            b",\"healthstatus\":\"healthy\",\"timestamp\":"
-        } else {
-            b",\"healthstatus\":\"anomalies_detected\",\"timestamp\":"
-        });
-        write_str(out, &ctx.timestamp);
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(parts.tail(count));
     }
 }
 
-/// The five threshold labels, already escaped and quoted, built once per batch.
-struct Labels([Vec<u8>; 5]);
+/// The row-independent fragments of a record, escaped and quoted once per call.
+struct Parts {
+    /// `,"analysisdate":"…","readingtimestamp":`
+    after_deviceid: Vec<u8>,
+    /// Per breach: `{"type":"…","value":` and `,"threshold":"…"}`.
+    breaches: [(Vec<u8>, Vec<u8>); 5],
+    /// Per anomaly count 0..=5: `],"anomalycount":N,"healthstatus":"…","timestamp":"…"}\n`.
+    tails: [Vec<u8>; 6],
+}
 
-impl Labels {
-    fn new(t: &Thresholds) -> Self {
-        let quoted = |b: Breach| {
-            let mut v = Vec::with_capacity(12);
-            write_str(&mut v, &t.label(b));
+impl Parts {
+    fn new(t: &Thresholds, ctx: &RecordContext) -> Self {
+        let mut after_deviceid = b",\"analysisdate\":".to_vec();
+        write_str(&mut after_deviceid, &ctx.analysisdate);
+        after_deviceid.extend_from_slice(b",\"readingtimestamp\":");
+        let breach = |b: Breach| {
+            let mut open = b"{\"type\":\"".to_vec();
+            open.extend_from_slice(b.anomaly_type().as_str().as_bytes());
+            open.extend_from_slice(b"\",\"value\":");
+            let mut close = b",\"threshold\":".to_vec();
+            write_str(&mut close, &t.label(b));
+            close.push(b'}');
+            (open, close)
+        };
+        let tail = |count: usize| {
+            let mut v = Vec::with_capacity(100);
+            let _ = write!(v, "],\"anomalycount\":{count}");
+            v.extend_from_slice(if count == 0 {
+                b",\"healthstatus\":\"healthy\",\"timestamp\":"
+            } else {
+                b",\"healthstatus\":\"anomalies_detected\",\"timestamp\":"
+            });
+            write_str(&mut v, &ctx.timestamp);
+            v.extend_from_slice(b"}\n");
             v
         };
-        Labels([
-            quoted(Breach::TemperatureHigh),
-            quoted(Breach::TemperatureLow),
-            quoted(Breach::HumidityHigh),
-            quoted(Breach::HumidityLow),
-            quoted(Breach::BatteryLow),
-        ])
+        Parts {
+            after_deviceid,
+            breaches: [
+                breach(Breach::TemperatureHigh),
+                breach(Breach::TemperatureLow),
+                breach(Breach::HumidityHigh),
+                breach(Breach::HumidityLow),
+                breach(Breach::BatteryLow),
+            ],
+            tails: std::array::from_fn(tail),
+        }
     }
 
-    fn get(&self, b: Breach) -> &[u8] {
-        let [th, tl, hh, hl, bl] = &self.0;
-        match b {
-            Breach::TemperatureHigh => th,
-            Breach::TemperatureLow => tl,
-            Breach::HumidityHigh => hh,
-            Breach::HumidityLow => hl,
-            Breach::BatteryLow => bl,
+    fn breach(&self, b: Breach) -> (&[u8], &[u8]) {
+        let i = match b {
+            Breach::TemperatureHigh => 0,
+            Breach::TemperatureLow => 1,
+            Breach::HumidityHigh => 2,
+            Breach::HumidityLow => 3,
+            Breach::BatteryLow => 4,
+        };
+        let (open, close) = &self.breaches[i];
+        (open, close)
+    }
+
+    fn tail(&self, count: usize) -> &[u8] {
+        &self.tails[count.min(self.tails.len() - 1)]
+    }
+}
+
+/// A string column, checked once for bytes JSON needs escaped: when there are none (the
+/// usual case: ids and ISO timestamps), each value is copied between quotes as it is.
+struct Strings<'a> {
+    column: &'a StringArray,
+    plain: bool,
+}
+
+impl<'a> Strings<'a> {
+    fn new(column: &'a StringArray) -> Self {
+        let plain = !column.values().iter().any(|&b| needs_escape(b));
+        Strings { column, plain }
+    }
+
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>, i: usize) {
+        if i >= self.column.len() || self.column.is_null(i) {
+            out.extend_from_slice(b"null");
+        } else if self.plain {
+            out.push(b'"');
+            out.extend_from_slice(self.column.value(i).as_bytes());
+            out.push(b'"');
+        } else {
+            write_str(out, self.column.value(i));
         }
     }
 }
 
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+#[inline]
 fn write_metric(out: &mut Vec<u8>, column: &Float64Array, i: usize) {
     if i >= column.len() || column.is_null(i) {
         out.extend_from_slice(b"null");
         return;
     }
-    write_f64(out, round2(column.value(i)));
+    write_rounded(out, column.value(i));
+}
+
+/// Below this many hundredths a rounded value has at most 15 significant digits, so its
+/// shortest round-trip form is exactly its digits in hundredths (`f64` keeps 15 decimal
+/// digits through a round trip): it can be printed as an integer with a decimal point.
+const EXACT_HUNDREDTHS: f64 = 1e15;
+
+/// Writes `round2(v)` exactly as [`write_f64`] would, without float formatting for every
+/// value of ordinary size: the rounded value is a whole number of hundredths, printed as
+/// integer digits with the point put in, trailing zeros dropped, `.0` kept for whole numbers.
+#[inline]
+fn write_rounded(out: &mut Vec<u8>, v: f64) {
+    let hundredths = (v * 100.0).round();
+    // NaN compares false, so it takes the general path along with infinities and huge values.
+    let ordinary = hundredths.abs() < EXACT_HUNDREDTHS;
+    if !ordinary {
+        write_f64(out, round2(v));
+        return;
+    }
+    // Exact: an integer below 1e15 converts without loss (and -0.0 becomes 0).
+    let h = hundredths as i64;
+    if h < 0 {
+        out.push(b'-');
+    }
+    let h = h.unsigned_abs();
+    write_u64(out, h / 100);
+    let cents = (h % 100) as usize;
+    let frac: &[u8] = if cents == 0 {
+        b".0"
+    } else if cents.is_multiple_of(10) {
+        &DOT_TENTHS[cents / 10 * 2..cents / 10 * 2 + 2]
+    } else {
+        &DOT_HUNDREDTHS[cents * 3..cents * 3 + 3]
+    };
+    out.extend_from_slice(frac);
+}
+
+/// `.0` `.1` … `.9`, two bytes each.
+const DOT_TENTHS: [u8; 20] = *b".0.1.2.3.4.5.6.7.8.9";
+
+/// `.00` … `.99`, three bytes each.
+const DOT_HUNDREDTHS: [u8; 300] = {
+    let mut t = [0u8; 300];
+    let mut i = 0;
+    while i < 100 {
+        t[i * 3] = b'.';
+        t[i * 3 + 1] = b'0' + (i / 10) as u8;
+        t[i * 3 + 2] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decimal digits of `n`, no sign, no leading zeros.
+#[inline]
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    while n > 0 {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 /// Shortest round-trip decimal (std's `Display`, which never uses an exponent), plus `.0`
@@ -176,14 +308,6 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
     let _ = write!(out, "{v}");
     if !out.get(start..).is_some_and(|s| s.contains(&b'.')) {
         out.extend_from_slice(b".0");
-    }
-}
-
-fn write_str_or_null(out: &mut Vec<u8>, column: &StringArray, i: usize) {
-    if i >= column.len() || column.is_null(i) {
-        out.extend_from_slice(b"null");
-    } else {
-        write_str(out, column.value(i));
     }
 }
 

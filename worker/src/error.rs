@@ -56,6 +56,20 @@ pub enum WorkerError {
         available: usize,
     },
 
+    /// A Parquet row group is larger than the worker's per-row-group limit (default
+    /// 256 MiB, as Step Functions): refused before it is fetched, rather than exhausting
+    /// memory. Re-write the file with smaller row groups, or raise the limit.
+    #[error(
+        "row group {row_group} of s3://{bucket}/{key} holds {bytes} bytes of the needed column chunks, above the worker's limit of {limit} bytes per row group"
+    )]
+    RowGroupTooLarge {
+        bucket: String,
+        key: String,
+        row_group: usize,
+        bytes: u64,
+        limit: u64,
+    },
+
     /// A column the job needs is not in the object.
     #[error("s3://{bucket}/{key} has no column {column:?}")]
     MissingColumn {
@@ -107,9 +121,9 @@ impl WorkerError {
         match self {
             WorkerError::ObjectNotFound { .. } => errors::OBJECT_NOT_FOUND,
             WorkerError::Storage { .. } => errors::STORAGE_ERROR,
-            WorkerError::InvalidInput { .. } | WorkerError::RowGroupsOutOfRange { .. } => {
-                errors::INVALID_INPUT
-            }
+            WorkerError::InvalidInput { .. }
+            | WorkerError::RowGroupsOutOfRange { .. }
+            | WorkerError::RowGroupTooLarge { .. } => errors::INVALID_INPUT,
             WorkerError::MissingColumn { .. } => errors::MISSING_COLUMN,
             WorkerError::UnsupportedColumnType { .. } => errors::UNSUPPORTED_COLUMN_TYPE,
             WorkerError::InvalidItem { .. } => errors::TASK_FAILED,

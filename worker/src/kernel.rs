@@ -73,17 +73,6 @@ pub fn breaches(mask: u8) -> impl Iterator<Item = Breach> {
     .map(|(_, b)| b)
 }
 
-fn bit_of(breach: Option<Breach>) -> u8 {
-    match breach {
-        None => 0,
-        Some(Breach::TemperatureHigh) => bits::TEMPERATURE_HIGH,
-        Some(Breach::TemperatureLow) => bits::TEMPERATURE_LOW,
-        Some(Breach::HumidityHigh) => bits::HUMIDITY_HIGH,
-        Some(Breach::HumidityLow) => bits::HUMIDITY_LOW,
-        Some(Breach::BatteryLow) => bits::BATTERY_LOW,
-    }
-}
-
 /// Index of the field called `name`: an exact match first, else the first
 /// case-insensitive one.
 pub fn find_column(schema: &Schema, name: &str) -> Option<usize> {
@@ -151,6 +140,56 @@ impl Readings {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Only what the rules and a per-device summary read: the device id and the three
+/// checked metrics. For jobs that report counts without writing records (and the B1
+/// benchmark), so the other four columns need not even be decoded.
+#[derive(Debug, Clone)]
+pub struct SummaryColumns {
+    pub deviceid: StringArray,
+    pub temperature: Float64Array,
+    pub humidity: Float64Array,
+    pub batterylevel: Float64Array,
+}
+
+/// The columns [`SummaryColumns`] reads, for a projection.
+pub const SUMMARY_COLUMNS: [&str; 4] = [DEVICEID, TEMPERATURE, HUMIDITY, BATTERYLEVEL];
+
+impl SummaryColumns {
+    /// Finds and normalises the four columns, as [`Readings::from_batch`] does.
+    pub fn from_batch(batch: &RecordBatch, bucket: &str, key: &str) -> Result<Self, WorkerError> {
+        let col = |name: &'static str| -> Result<&ArrayRef, WorkerError> {
+            find_column(&batch.schema(), name)
+                .map(|i| batch.column(i))
+                .ok_or_else(|| WorkerError::MissingColumn {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    column: name,
+                })
+        };
+        let unsupported =
+            |name: &'static str, data_type: String| WorkerError::UnsupportedColumnType {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                column: name,
+                data_type,
+            };
+        let metric = |name: &'static str| -> Result<Float64Array, WorkerError> {
+            to_f64(col(name)?).map_err(|t| unsupported(name, t))
+        };
+        Ok(SummaryColumns {
+            deviceid: to_utf8(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?,
+            temperature: metric(TEMPERATURE)?,
+            humidity: metric(HUMIDITY)?,
+            batterylevel: metric(BATTERYLEVEL)?,
+        })
+    }
+
+    /// The kernel over these columns: the same mask and counts [`detect`] gives.
+    pub fn detect(&self, t: &Thresholds) -> Detection {
+        detect_metrics(&self.temperature, &self.humidity, &self.batterylevel, t)
     }
 }
 
@@ -256,23 +295,34 @@ pub struct Detection {
 
 /// Applies the thresholds to every row.
 pub fn detect(r: &Readings, t: &Thresholds) -> Detection {
-    let mut mask = vec![0u8; r.len()];
-    flag(&mut mask, &r.temperature, bits::TEMPERATURE, |v| {
-        bit_of(t.temperature(v))
-    });
-    flag(&mut mask, &r.humidity, bits::HUMIDITY, |v| {
-        bit_of(t.humidity(v))
-    });
-    flag(&mut mask, &r.batterylevel, bits::BATTERY, |v| {
-        bit_of(t.battery(v))
-    });
-    let mut counts = AnomalyCounts::default();
-    for &m in &mask {
-        counts.temperature_spike += u64::from(m & bits::TEMPERATURE != 0);
-        counts.humidity_anomaly += u64::from(m & bits::HUMIDITY != 0);
-        counts.low_battery += u64::from(m & bits::BATTERY != 0);
-        counts.readings_with_anomalies += u64::from(m != 0);
-    }
+    detect_metrics(&r.temperature, &r.humidity, &r.batterylevel, t)
+}
+
+fn detect_metrics(
+    temperature: &Float64Array,
+    humidity: &Float64Array,
+    batterylevel: &Float64Array,
+    t: &Thresholds,
+) -> Detection {
+    let mut mask = vec![0u8; temperature.len()];
+    flag_range(
+        &mut mask,
+        temperature,
+        bits::TEMPERATURE_HIGH,
+        t.temperature_high,
+        bits::TEMPERATURE_LOW,
+        t.temperature_low,
+    );
+    flag_range(
+        &mut mask,
+        humidity,
+        bits::HUMIDITY_HIGH,
+        t.humidity_high,
+        bits::HUMIDITY_LOW,
+        t.humidity_low,
+    );
+    flag_below(&mut mask, batterylevel, bits::BATTERY_LOW, t.battery_low);
+    let counts = count_mask(&mask);
     Detection {
         readings: mask.len() as u64,
         mask,
@@ -280,13 +330,57 @@ pub fn detect(r: &Readings, t: &Thresholds) -> Detection {
     }
 }
 
-/// ORs `rule` over the raw values, then clears `column_bits` where the value is null: the
-/// slot behind a null holds arbitrary data, and a missing value is never an anomaly.
-fn flag(mask: &mut [u8], column: &Float64Array, column_bits: u8, rule: impl Fn(f64) -> u8) {
-    for (m, &v) in mask.iter_mut().zip(column.values().iter()) {
-        *m |= rule(v);
+/// Per-type and any-type counts of a mask. Summed per 8-bit lane in blocks short enough
+/// not to overflow, which the compiler vectorises.
+fn count_mask(mask: &[u8]) -> AnomalyCounts {
+    let mut counts = AnomalyCounts::default();
+    for block in mask.chunks(255) {
+        let (mut t, mut h, mut b, mut any) = (0u8, 0u8, 0u8, 0u8);
+        for &m in block {
+            t += u8::from(m & bits::TEMPERATURE != 0);
+            h += u8::from(m & bits::HUMIDITY != 0);
+            b += u8::from(m & bits::BATTERY != 0);
+            any += u8::from(m != 0);
+        }
+        counts.temperature_spike += u64::from(t);
+        counts.humidity_anomaly += u64::from(h);
+        counts.low_battery += u64::from(b);
+        counts.readings_with_anomalies += u64::from(any);
     }
-    if let Some(nulls) = column.nulls() {
+    counts
+}
+
+/// ORs in `high_bit` where the value is above `high`, else `low_bit` where it is below
+/// `low` (the same answer as [`Thresholds::temperature`] / [`Thresholds::humidity`], but
+/// without branches so it vectorises), then clears both where the value is null: the slot
+/// behind a null holds arbitrary data, and a missing value is never an anomaly. NaN
+/// compares false both ways.
+fn flag_range(
+    mask: &mut [u8],
+    column: &Float64Array,
+    high_bit: u8,
+    high: f64,
+    low_bit: u8,
+    low: f64,
+) {
+    for (m, &v) in mask.iter_mut().zip(column.values().iter()) {
+        let above = v > high;
+        let below = v < low && !above;
+        *m |= (u8::from(above) * high_bit) | (u8::from(below) * low_bit);
+    }
+    clear_nulls(mask, column, high_bit | low_bit);
+}
+
+/// ORs in `bit` where the value is below `low`, then clears it for nulls.
+fn flag_below(mask: &mut [u8], column: &Float64Array, bit: u8, low: f64) {
+    for (m, &v) in mask.iter_mut().zip(column.values().iter()) {
+        *m |= u8::from(v < low) * bit;
+    }
+    clear_nulls(mask, column, bit);
+}
+
+fn clear_nulls(mask: &mut [u8], column: &Float64Array, column_bits: u8) {
+    if let Some(nulls) = column.nulls().filter(|n| n.null_count() > 0) {
         for (m, valid) in mask.iter_mut().zip(nulls.iter()) {
             if !valid {
                 *m &= !column_bits;
@@ -297,21 +391,36 @@ fn flag(mask: &mut [u8], column: &Float64Array, column_bits: u8, rule: impl Fn(f
 
 /// Adds each device's anomalous readings to `into`. A null device id counts under `""`
 /// so that the per-device numbers still add up to the batch's count.
+///
+/// Files are usually sorted by device, so a run of rows of one device is counted locally
+/// and added to the map once, rather than looking the id up for every anomalous row.
 pub fn count_devices(r: &Readings, mask: &[u8], into: &mut BTreeMap<String, u64>) {
-    for (i, &m) in mask.iter().enumerate() {
-        if m == 0 || i >= r.deviceid.len() {
+    let ids = &r.deviceid;
+    let mut run: Option<(&str, u64)> = None;
+    for (i, &m) in mask.iter().enumerate().take(ids.len()) {
+        if m == 0 {
             continue;
         }
-        let id = if r.deviceid.is_null(i) {
-            ""
-        } else {
-            r.deviceid.value(i)
-        };
-        match into.get_mut(id) {
-            Some(n) => *n += 1,
-            None => {
-                into.insert(id.to_owned(), 1);
+        let id = if ids.is_null(i) { "" } else { ids.value(i) };
+        match &mut run {
+            Some((current, n)) if *current == id => *n += 1,
+            _ => {
+                if let Some((prev, n)) = run.replace((id, 1)) {
+                    add_device(into, prev, n);
+                }
             }
+        }
+    }
+    if let Some((prev, n)) = run {
+        add_device(into, prev, n);
+    }
+}
+
+fn add_device(into: &mut BTreeMap<String, u64>, id: &str, n: u64) {
+    match into.get_mut(id) {
+        Some(total) => *total += n,
+        None => {
+            into.insert(id.to_owned(), n);
         }
     }
 }

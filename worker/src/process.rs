@@ -3,8 +3,12 @@
 //! Reading is async I/O; decoding, detection and encoding are CPU work and run on tokio's
 //! blocking pool one chunk (a Parquet row group, or a CSV / JSONL batch) at a time, so the
 //! runtime that drives AMQP heartbeats and other items is never held for long. While one
-//! chunk is being processed the next is already being fetched, and at most those two are in
-//! memory besides the output.
+//! chunk is being processed the next is already being fetched.
+//!
+//! Memory is bounded whatever the object's size: at most two row groups are held (the one
+//! being decoded and the one being fetched; a row group above
+//! [`ProcessOptions::max_row_group_bytes`] is refused up front), and the records stream to
+//! S3 as they are encoded, a part at a time ([`upload`]), instead of being collected.
 //!
 //! The result object's key depends only on the run and the child execution, and every byte
 //! in it only on the item (the analysis time comes from the run's start, not the clock), so
@@ -14,17 +18,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_s3::Client;
-use bytes::Bytes;
 use chrono::DateTime;
-use fleetmap_objstore::ObjStoreError;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
 use fleetmap_protocol::{AnomalyCounts, DeviceAnomalies, ItemMessage, Thresholds};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::encode::{RecordContext, encode_records};
 use crate::error::WorkerError;
 use crate::kernel::{Readings, count_devices, detect};
-use crate::reader::{Chunk, ItemReader, from_store};
+use crate::reader::{Chunk, DEFAULT_MAX_ROW_GROUP_BYTES, ItemReader};
+
+mod upload;
+
+pub use upload::{MAX_PARTS_IN_FLIGHT, PART_SIZE};
 
 /// Content type of the result objects (JSON lines).
 pub const RESULT_CONTENT_TYPE: &str = "application/x-ndjson";
@@ -60,10 +67,11 @@ pub fn result_key(item: &ItemMessage) -> String {
     }
 }
 
-/// What processing one chunk produced.
+/// What processing one chunk produced. The records themselves went to the uploader,
+/// except for `carry`: the tail too short to send yet, which the next chunk continues.
 #[derive(Default)]
 struct ChunkOutput {
-    records: Vec<u8>,
+    carry: Vec<u8>,
     readings: u64,
     counts: AnomalyCounts,
     devices: BTreeMap<String, u64>,
@@ -77,31 +85,81 @@ struct Job {
     ctx: RecordContext,
 }
 
-/// Decodes, detects and encodes one chunk. Runs on the blocking pool.
-fn process_chunk(job: &Job, chunk: Chunk) -> Result<ChunkOutput, WorkerError> {
+/// Decodes, detects and encodes one chunk, batch by batch, handing the records to the
+/// uploader a part at a time. Runs on the blocking pool; waits there (never on the async
+/// runtime) when the uploader is behind.
+fn process_chunk(
+    job: &Job,
+    chunk: Chunk,
+    mut records: Vec<u8>,
+    to_upload: &mpsc::Sender<Vec<u8>>,
+) -> Result<ChunkOutput, WorkerError> {
     let mut out = ChunkOutput::default();
     for batch in chunk.into_batches(&job.bucket, &job.key) {
         let batch = batch?;
         let readings = Readings::from_batch(&batch, &job.bucket, &job.key)?;
         let d = detect(&readings, &job.thresholds);
         count_devices(&readings, &d.mask, &mut out.devices);
-        encode_records(
-            &readings,
-            &d.mask,
-            &job.thresholds,
-            &job.ctx,
-            &mut out.records,
-        );
+        encode_records(&readings, &d.mask, &job.thresholds, &job.ctx, &mut records);
         out.readings += d.readings;
         out.counts.add(&d.counts);
+        if records.len() >= upload::PART_SIZE {
+            let full = std::mem::replace(&mut records, Vec::with_capacity(upload::PART_SIZE));
+            if to_upload.blocking_send(full).is_err() {
+                // The uploader stopped; its error is the one the item reports.
+                return Err(UploadStopped.into_error(job));
+            }
+        }
     }
+    out.carry = records;
     Ok(out)
+}
+
+/// The uploader gave up while a chunk was still producing records.
+struct UploadStopped;
+
+impl UploadStopped {
+    fn into_error(self, job: &Job) -> WorkerError {
+        WorkerError::Crashed {
+            bucket: job.bucket.clone(),
+            key: job.key.clone(),
+            source: "the result upload stopped".into(),
+        }
+    }
 }
 
 /// Reads the item's object (or row groups), writes its analytics records to
 /// `result_key(item)` and reports the counts. An item with no readings still writes an
 /// (empty) object, so the result set always has one object per child execution.
+///
+/// Memory stays bounded whatever the object's size: at most two row groups (the one being
+/// decoded and the one being fetched) and a few result parts (see [`upload`]) are held.
 pub async fn process_item(s3: &Client, item: &ItemMessage) -> Result<ItemReport, WorkerError> {
+    process_item_with(s3, item, &ProcessOptions::default()).await
+}
+
+/// Limits that keep one item's memory bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// A Parquet row group whose needed column chunks are larger than this fails with
+    /// [`WorkerError::RowGroupTooLarge`] before anything is fetched.
+    pub max_row_group_bytes: u64,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            max_row_group_bytes: DEFAULT_MAX_ROW_GROUP_BYTES,
+        }
+    }
+}
+
+/// [`process_item`] with explicit limits.
+pub async fn process_item_with(
+    s3: &Client,
+    item: &ItemMessage,
+    options: &ProcessOptions,
+) -> Result<ItemReport, WorkerError> {
     let invalid = |reason: String| WorkerError::InvalidItem {
         run_id: item.run_id.clone(),
         execution: item.execution,
@@ -121,45 +179,30 @@ pub async fn process_item(s3: &Client, item: &ItemMessage) -> Result<ItemReport,
         ctx,
     });
 
-    let mut reader = ItemReader::open(s3, item).await?;
-    let mut total = ChunkOutput::default();
-    let mut running: Option<JoinHandle<Result<ChunkOutput, WorkerError>>> = None;
-    loop {
-        // Fetch the next chunk while the previous one is processed.
-        let next = reader.next_chunk().await?;
-        if let Some(task) = running.take() {
-            merge(&mut total, join(task, &job).await?);
-        }
-        let Some(chunk) = next else { break };
-        let job = Arc::clone(&job);
-        running = Some(tokio::task::spawn_blocking(move || {
-            process_chunk(&job, chunk)
-        }));
-    }
-
+    let mut reader = ItemReader::open_with(s3, item, options.max_row_group_bytes).await?;
     let key = result_key(item);
-    fleetmap_objstore::put_bytes(
-        s3,
-        &item.result.bucket,
-        &key,
-        Bytes::from(total.records),
-        RESULT_CONTENT_TYPE,
-    )
-    .await
-    .map_err(|e| match e {
-        ObjStoreError::Put {
-            bucket,
-            key,
-            retryable,
-            source,
-        } => WorkerError::ResultWrite {
-            bucket,
-            key,
-            retryable,
-            source,
+    let (to_upload, pieces) = upload::channel();
+    let uploader = tokio::spawn(upload::upload(
+        s3.clone(),
+        upload::Target {
+            bucket: item.result.bucket.clone(),
+            key: key.clone(),
+            content_type: RESULT_CONTENT_TYPE,
         },
-        other => from_store(other, "PutObject"),
-    })?;
+        pieces,
+    ));
+    let processed = process_chunks(&mut reader, &job, to_upload).await;
+    let uploaded = uploader.await.map_err(|e| WorkerError::Crashed {
+        bucket: job.bucket.clone(),
+        key: job.key.clone(),
+        source: Box::new(e),
+    });
+    // A failed upload explains a stopped encoder, so it wins; otherwise the reading error.
+    let total = match (processed, uploaded) {
+        (_, Ok(Err(e)) | Err(e)) => return Err(e),
+        (Err(e), Ok(Ok(_))) => return Err(e),
+        (Ok(total), Ok(Ok(_))) => total,
+    };
 
     let devices_truncated = total.devices.len() > MAX_DEVICES_PER_OUTCOME;
     let devices = total
@@ -181,6 +224,36 @@ pub async fn process_item(s3: &Client, item: &ItemMessage) -> Result<ItemReport,
     })
 }
 
+/// Runs every chunk through [`process_chunk`] on the blocking pool, fetching the next
+/// chunk while the current one is processed, then hands the last records to the uploader.
+/// Dropping `to_upload` on return (success or not) ends the upload.
+async fn process_chunks(
+    reader: &mut ItemReader,
+    job: &Arc<Job>,
+    to_upload: mpsc::Sender<Vec<u8>>,
+) -> Result<ChunkOutput, WorkerError> {
+    let mut total = ChunkOutput::default();
+    let mut running: Option<JoinHandle<Result<ChunkOutput, WorkerError>>> = None;
+    loop {
+        // Fetch the next chunk while the previous one is processed.
+        let next = reader.next_chunk().await;
+        if let Some(task) = running.take() {
+            merge(&mut total, join(task, job).await?);
+        }
+        let Some(chunk) = next? else { break };
+        let (job, tx) = (Arc::clone(job), to_upload.clone());
+        let carry = std::mem::take(&mut total.carry);
+        running = Some(tokio::task::spawn_blocking(move || {
+            process_chunk(&job, chunk, carry, &tx)
+        }));
+    }
+    let last = std::mem::take(&mut total.carry);
+    if to_upload.send(last).await.is_err() {
+        return Err(UploadStopped.into_error(job));
+    }
+    Ok(total)
+}
+
 async fn join(
     task: JoinHandle<Result<ChunkOutput, WorkerError>>,
     job: &Job,
@@ -193,11 +266,7 @@ async fn join(
 }
 
 fn merge(total: &mut ChunkOutput, part: ChunkOutput) {
-    if total.records.is_empty() {
-        total.records = part.records;
-    } else {
-        total.records.extend_from_slice(&part.records);
-    }
+    total.carry = part.carry;
     total.readings += part.readings;
     total.counts.add(&part.counts);
     for (id, n) in part.devices {

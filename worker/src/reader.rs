@@ -13,6 +13,7 @@
 //! chunk and one batch of rows.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +26,10 @@ use fleetmap_protocol::{InputType, ItemMessage};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderBuilder, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::async_reader::{
     AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
@@ -47,6 +51,9 @@ pub const COALESCE_GAP: u64 = 1024 * 1024;
 pub const MAX_CONCURRENT_FETCHES: usize = 8;
 /// Rows per decoded batch.
 pub const BATCH_SIZE: usize = 8192;
+/// Default limit on the bytes of one row group's needed column chunks, which the worker
+/// holds in memory while decoding it (Step Functions' limit is 256 MB too).
+pub const DEFAULT_MAX_ROW_GROUP_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Parquet's async reader interface over S3 ranged GETs.
 #[derive(Debug, Clone)]
@@ -311,12 +318,24 @@ impl ItemReader {
     /// Opens the item's object: for Parquet, reads the footer, checks the columns and row
     /// groups and sets up the projection; for CSV / JSONL, starts the GET.
     pub async fn open(client: &Client, item: &ItemMessage) -> Result<Self, WorkerError> {
+        Self::open_with(client, item, DEFAULT_MAX_ROW_GROUP_BYTES).await
+    }
+
+    /// [`ItemReader::open`] with an explicit row group limit (see
+    /// [`WorkerError::RowGroupTooLarge`]).
+    pub async fn open_with(
+        client: &Client,
+        item: &ItemMessage,
+        max_row_group_bytes: u64,
+    ) -> Result<Self, WorkerError> {
         let (bucket, key) = (item.bucket.as_str(), item.key.as_str());
         let (source, bytes_read) = match item.input_type {
             InputType::Parquet => {
                 let reader = S3FileReader::open(client, bucket, key).await?;
                 let counter = reader.bytes_counter();
-                let stream = open_parquet(reader, bucket, key, item.row_groups).await?;
+                let stream =
+                    open_parquet_with(reader, bucket, key, item.row_groups, max_row_group_bytes)
+                        .await?;
                 (Source::Parquet(Box::new(stream)), counter)
             }
             InputType::Csv | InputType::Jsonl => {
@@ -359,10 +378,77 @@ pub async fn open_parquet(
     key: &str,
     row_groups: Option<(u32, u32)>,
 ) -> Result<ParquetRecordBatchStream<S3FileReader>, WorkerError> {
+    open_parquet_with(reader, bucket, key, row_groups, DEFAULT_MAX_ROW_GROUP_BYTES).await
+}
+
+/// [`open_parquet`] with an explicit row group limit.
+pub async fn open_parquet_with(
+    reader: S3FileReader,
+    bucket: &str,
+    key: &str,
+    row_groups: Option<(u32, u32)>,
+    max_row_group_bytes: u64,
+) -> Result<ParquetRecordBatchStream<S3FileReader>, WorkerError> {
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| parquet_error(e, bucket, key))?;
-    let roots = COLUMNS
+    configure(
+        builder,
+        bucket,
+        key,
+        &COLUMNS,
+        row_groups,
+        max_row_group_bytes,
+    )?
+    .build()
+    .map_err(|e| parquet_error(e, bucket, key))
+}
+
+/// The same projection, row groups and batch size as [`open_parquet`], over a local file
+/// and decoded synchronously: what the benchmarks drive to measure the data path without
+/// the network.
+pub fn open_local_parquet(path: &Path) -> Result<ParquetRecordBatchReader, WorkerError> {
+    open_local_parquet_columns(path, &COLUMNS)
+}
+
+/// [`open_local_parquet`] decoding only `columns` (e.g. [`crate::kernel::SUMMARY_COLUMNS`]).
+pub fn open_local_parquet_columns(
+    path: &Path,
+    columns: &[&'static str],
+) -> Result<ParquetRecordBatchReader, WorkerError> {
+    let key = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| WorkerError::Storage {
+        bucket: String::new(),
+        key: key.clone(),
+        op: "open",
+        retryable: false,
+        source: Box::new(e),
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(e, "", &key))?;
+    configure(
+        builder,
+        "",
+        &key,
+        columns,
+        None,
+        DEFAULT_MAX_ROW_GROUP_BYTES,
+    )?
+    .build()
+    .map_err(|e| parquet_error(e, "", &key))
+}
+
+/// Projects `columns`, selects the item's row groups and refuses any of them whose needed
+/// column chunks exceed `max_row_group_bytes`.
+fn configure<T>(
+    builder: ArrowReaderBuilder<T>,
+    bucket: &str,
+    key: &str,
+    columns: &[&'static str],
+    row_groups: Option<(u32, u32)>,
+    max_row_group_bytes: u64,
+) -> Result<ArrowReaderBuilder<T>, WorkerError> {
+    let roots = columns
         .iter()
         .map(|&column| {
             find_column(builder.schema(), column).ok_or_else(|| WorkerError::MissingColumn {
@@ -372,7 +458,7 @@ pub async fn open_parquet(
             })
         })
         .collect::<Result<Vec<usize>, _>>()?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
     let available = builder.metadata().num_row_groups();
     let groups: Vec<usize> = match row_groups {
         None => (0..available).collect(),
@@ -390,12 +476,36 @@ pub async fn open_parquet(
             (s..e).collect()
         }
     };
-    builder
+    for &g in &groups {
+        let bytes = projected_bytes(builder.metadata(), g, &roots);
+        if bytes > max_row_group_bytes {
+            return Err(WorkerError::RowGroupTooLarge {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                row_group: g,
+                bytes,
+                limit: max_row_group_bytes,
+            });
+        }
+    }
+    Ok(builder
         .with_projection(mask)
         .with_row_groups(groups)
-        .with_batch_size(BATCH_SIZE)
-        .build()
-        .map_err(|e| parquet_error(e, bucket, key))
+        .with_batch_size(BATCH_SIZE))
+}
+
+/// Bytes of row group `g`'s column chunks under the projected root columns: what is
+/// fetched and held while the row group is decoded (pages are decompressed one at a time).
+fn projected_bytes(metadata: &ParquetMetaData, g: usize, roots: &[usize]) -> u64 {
+    let schema = metadata.file_metadata().schema_descr();
+    metadata
+        .row_group(g)
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(leaf, _)| roots.contains(&schema.get_column_root_idx(*leaf)))
+        .map(|(_, c)| u64::try_from(c.compressed_size()).unwrap_or(0))
+        .sum()
 }
 
 #[cfg(test)]

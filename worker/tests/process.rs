@@ -589,3 +589,64 @@ async fn redelivered_item_rewrites_identical_bytes_at_the_same_key() {
     let (b, _) = env.records(&second.result_key).await;
     assert_eq!(a, b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_larger_than_a_part_stream_as_multipart_with_every_record_in_order() {
+    let env = env().await;
+    // ~25 MB of JSON lines: three 8 MiB parts and a short last one.
+    let rows = rows_n(60_000);
+    env.put("huge", parquet_bytes(&batch(&rows, true, None), 7_000))
+        .await;
+    let it = item(9, InputType::Parquet, "huge", None);
+    let report = process_item(&env.client, &it).await.unwrap();
+    assert_eq!(report.readings, 60_000);
+    assert_eq!(report.anomalies, expected_counts(&rows));
+    let (body, records) = env.records(&report.result_key).await;
+    assert!(body.len() > 2 * fleetmap_worker::process::PART_SIZE);
+    assert_eq!(records.len(), rows.len());
+    for (rec, row) in records.iter().zip(&rows) {
+        assert_eq!(rec["deviceid"], row.deviceid.as_str());
+        assert_eq!(rec["readingtimestamp"], row.timestamp.as_str());
+    }
+    // A redelivery writes the same bytes to the same key.
+    let again = process_item(&env.client, &it).await.unwrap();
+    assert_eq!(again.result_key, report.result_key);
+    let (body_again, _) = env.records(&again.result_key).await;
+    assert!(body_again == body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_group_above_the_limit_fails_naming_the_object_and_row_group() {
+    let env = env().await;
+    let rows = rows_n(2_000);
+    env.put("wide", parquet_bytes(&batch(&rows, true, None), 500))
+        .await;
+    let options = fleetmap_worker::process::ProcessOptions {
+        max_row_group_bytes: 1_000,
+    };
+    let it = item(4, InputType::Parquet, "wide", None);
+    let err = fleetmap_worker::process::process_item_with(&env.client, &it, &options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WorkerError::RowGroupTooLarge {
+                row_group: 0,
+                limit: 1_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.error_name(), "FleetMap.InvalidInput");
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(text.contains("row group 0 of s3://data/wide"), "{text}");
+    assert!(text.contains("limit of 1000 bytes"), "{text}");
+    // The default limit (256 MiB) lets the same file through.
+    assert_eq!(
+        process_item(&env.client, &it).await.unwrap().readings,
+        2_000
+    );
+}

@@ -28,6 +28,10 @@ pub struct WorkerArgs {
     /// Seconds a SIGTERM'd worker waits for in-flight items before handing them back.
     #[arg(long, env = "FLEETMAP_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// Largest Parquet row group (compressed bytes of the needed columns) a child execution
+    /// may read; a larger one fails with FleetMap.InvalidInput instead of exhausting memory.
+    #[arg(long, env = "FLEETMAP_MAX_ROW_GROUP_BYTES", default_value_t = fleetmap_worker::reader::DEFAULT_MAX_ROW_GROUP_BYTES)]
+    pub max_row_group_bytes: u64,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "FLEETMAP_OPS_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_addr: SocketAddr,
@@ -50,6 +54,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = WorkerConfig::new(args.amqp.amqp_url.clone(), args.amqp.topology(), worker_id);
     cfg.concurrency = args.concurrency.max(1);
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    cfg.max_row_group_bytes = args.max_row_group_bytes;
     let s3 = fleetmap_objstore::client(&args.s3.config()).await;
     ready.set(true);
     let result = consumer::run(cfg, s3, Arc::new(WorkerStats::default()), shutdown).await;

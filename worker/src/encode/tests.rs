@@ -204,3 +204,78 @@ fn empty_batch_writes_nothing() {
 fn analysis_time_out_of_range_is_rejected() {
     assert!(RecordContext::new(i64::MAX).is_none());
 }
+
+/// The fast metric writer must produce exactly the bytes of the general one
+/// (`round2` then shortest round-trip `Display`), at every magnitude and edge.
+#[test]
+fn fast_metric_formatting_matches_shortest_round_trip_exactly() {
+    let general = |v: f64| {
+        let mut out = Vec::new();
+        write_f64(&mut out, round2(v));
+        out
+    };
+    let fast = |v: f64| {
+        let mut out = Vec::new();
+        write_rounded(&mut out, v);
+        out
+    };
+    let mut values = vec![
+        0.0,
+        -0.0,
+        0.001,
+        -0.001,
+        0.005,
+        -0.005,
+        0.004999,
+        0.01,
+        -0.01,
+        0.1,
+        0.5,
+        1.0,
+        -1.0,
+        10.0,
+        23.456,
+        -10.005,
+        1.005,
+        2.675,
+        99.995,
+        100.0,
+        123456.785,
+        -122.33,
+        47.61,
+        9_999_999_999_999.99,
+        9_999_999_999_999.995,
+        1e13,
+        1e15,
+        1e16,
+        1e300,
+        -1e300,
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        5e-324,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    // A deterministic spread over magnitudes 1e-4 .. 1e16, both signs.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mantissa = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let exp = (x % 21) as i32 - 4;
+        let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
+        values.push(sign * mantissa * 10f64.powi(exp));
+        // Values that are already whole hundredths, as sensor data usually is.
+        values.push(sign * ((x >> 20) % 100_000_000) as f64 / 100.0);
+    }
+    for v in values {
+        assert_eq!(
+            String::from_utf8(fast(v)).unwrap(),
+            String::from_utf8(general(v)).unwrap(),
+            "{v:e}"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The result object, streamed to S3 while the item is still being processed.
+//!
+//! A file of millions of readings makes gigabytes of JSON lines, so the records are never
+//! held whole: the encoder hands over pieces through a bounded channel, and [`upload`]
+//! writes them as a multipart upload of [`PART_SIZE`] parts, at most
+//! [`MAX_PARTS_IN_FLIGHT`] at once. Output that fits in one part (most items) is written in
+//! one PutObject, as before. Memory per item is therefore bounded by about
+//! `PART_SIZE × (MAX_PARTS_IN_FLIGHT + 1)` plus the channel, whatever the file size.
+//!
+//! The object appears only when the upload completes, and a failed upload is aborted, so a
+//! half-written result is never visible; a redelivered item writes the same bytes to the
+//! same key.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use fleetmap_objstore::ObjStoreError;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::WorkerError;
+use crate::reader::from_store;
+
+/// Size of each multipart part (S3's minimum is 5 MiB; 10,000 parts make 80 GiB).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploading at once per item.
+pub const MAX_PARTS_IN_FLIGHT: usize = 2;
+/// Pieces the encoder may queue before it waits for the uploader.
+pub const CHANNEL_PIECES: usize = 1;
+
+/// Where the records go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub bucket: String,
+    pub key: String,
+    pub content_type: &'static str,
+}
+
+/// A bounded channel from the encoder (on a blocking thread) to [`upload`].
+pub fn channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    mpsc::channel(CHANNEL_PIECES)
+}
+
+/// Writes everything received on `pieces` to the target, in order, until the senders are
+/// dropped. Returns the object's length.
+pub async fn upload(
+    s3: Client,
+    target: Target,
+    mut pieces: mpsc::Receiver<Vec<u8>>,
+) -> Result<u64, WorkerError> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut multipart: Option<Multipart> = None;
+    let mut total = 0u64;
+    while let Some(piece) = pieces.recv().await {
+        total += piece.len() as u64;
+        if pending.is_empty() && piece.len() >= PART_SIZE {
+            pending = piece;
+        } else {
+            pending.extend_from_slice(&piece);
+        }
+        if pending.len() >= PART_SIZE {
+            let part = Bytes::from(std::mem::take(&mut pending));
+            let m = match &mut multipart {
+                Some(m) => m,
+                None => multipart.insert(Multipart::create(&s3, &target).await?),
+            };
+            if let Err(e) = m.send(&s3, &target, part).await {
+                m.abort(&s3, &target).await;
+                return Err(e);
+            }
+        }
+    }
+    match multipart {
+        None => {
+            fleetmap_objstore::put_bytes(
+                &s3,
+                &target.bucket,
+                &target.key,
+                Bytes::from(pending),
+                target.content_type,
+            )
+            .await
+            .map_err(from_put)?;
+        }
+        Some(mut m) => {
+            let finished = async {
+                if !pending.is_empty() {
+                    m.send(&s3, &target, Bytes::from(pending)).await?;
+                }
+                m.complete(&s3, &target).await
+            }
+            .await;
+            if let Err(e) = finished {
+                m.abort(&s3, &target).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// An open multipart upload and its parts.
+struct Multipart {
+    upload_id: String,
+    next_part: i32,
+    in_flight: JoinSet<Result<CompletedPart, WorkerError>>,
+    done: Vec<CompletedPart>,
+}
+
+impl Multipart {
+    async fn create(s3: &Client, t: &Target) -> Result<Self, WorkerError> {
+        let out = s3
+            .create_multipart_upload()
+            .bucket(&t.bucket)
+            .key(&t.key)
+            .content_type(t.content_type)
+            .send()
+            .await
+            .map_err(|e| write_error(t, e))?;
+        let upload_id = out.upload_id().unwrap_or_default().to_owned();
+        Ok(Multipart {
+            upload_id,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+        })
+    }
+
+    /// Starts uploading `body` as the next part, first waiting for a slot.
+    async fn send(&mut self, s3: &Client, t: &Target, body: Bytes) -> Result<(), WorkerError> {
+        while self.in_flight.len() >= MAX_PARTS_IN_FLIGHT {
+            self.reap(t).await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let request = s3
+            .upload_part()
+            .bucket(&t.bucket)
+            .key(&t.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body));
+        let t = t.clone();
+        self.in_flight.spawn(async move {
+            let out = request.send().await.map_err(|e| write_error(&t, e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_owned))
+                .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_owned))
+                .set_checksum_sha1(out.checksum_sha1().map(str::to_owned))
+                .set_checksum_sha256(out.checksum_sha256().map(str::to_owned))
+                .build())
+        });
+        Ok(())
+    }
+
+    /// Waits for one part in flight.
+    async fn reap(&mut self, t: &Target) -> Result<(), WorkerError> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.map_err(|e| WorkerError::Crashed {
+                bucket: t.bucket.clone(),
+                key: t.key.clone(),
+                source: Box::new(e),
+            })??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self, s3: &Client, t: &Target) -> Result<(), WorkerError> {
+        while !self.in_flight.is_empty() {
+            self.reap(t).await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        s3.complete_multipart_upload()
+            .bucket(&t.bucket)
+            .key(&t.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| write_error(t, e))?;
+        Ok(())
+    }
+
+    /// Best effort: a leftover upload only costs storage until the bucket's lifecycle rule
+    /// removes it, and the item's own error is the one worth reporting.
+    async fn abort(&mut self, s3: &Client, t: &Target) {
+        self.in_flight.abort_all();
+        if let Err(e) = s3
+            .abort_multipart_upload()
+            .bucket(&t.bucket)
+            .key(&t.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(bucket = %t.bucket, key = %t.key, error = %e, "aborting multipart upload failed");
+        }
+    }
+}
+
+fn write_error<E>(
+    t: &Target,
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> WorkerError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ConstructionFailure(_) => false,
+        _ => {
+            matches!(status, Some(429 | 500..=599))
+                || matches!(
+                    err.code().unwrap_or_default(),
+                    "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout"
+                )
+        }
+    };
+    WorkerError::ResultWrite {
+        bucket: t.bucket.clone(),
+        key: t.key.clone(),
+        retryable,
+        source: Box::new(err),
+    }
+}
+
+fn from_put(e: ObjStoreError) -> WorkerError {
+    match e {
+        ObjStoreError::Put {
+            bucket,
+            key,
+            retryable,
+            source,
+        } => WorkerError::ResultWrite {
+            bucket,
+            key,
+            retryable,
+            source,
+        },
+        other => from_store(other, "PutObject"),
+    }
+}
