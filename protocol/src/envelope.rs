@@ -61,8 +61,19 @@ pub enum EncodeError {
     TooLarge { kind: Kind, len: usize },
 }
 
-fn config() -> impl bincode::config::Config {
+/// bincode's limit bounds what decoding may *allocate*, not the bytes it reads: a `Vec` of
+/// structs claims `len × size_of::<T>()`, which can be several times its varint-packed wire
+/// size. The wire length is checked against [`MAX_MESSAGE_BYTES`] before decoding; this
+/// allowance keeps every legal message decodable while still refusing a hostile length prefix
+/// that claims gigabytes.
+const MAX_DECODED_BYTES: usize = 8 * MAX_MESSAGE_BYTES;
+
+fn encode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+fn decode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DECODED_BYTES>()
 }
 
 /// Encodes `msg` behind the envelope header.
@@ -71,7 +82,7 @@ pub fn encode<T: Serialize>(kind: Kind, msg: &T) -> Result<Vec<u8>, EncodeError>
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
     out.push(kind as u8);
-    bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(|e| {
+    bincode::serde::encode_into_std_write(msg, &mut out, encode_config()).map_err(|e| {
         EncodeError::Bincode {
             kind,
             reason: e.to_string(),
@@ -112,11 +123,12 @@ pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, De
         }
     }
     let body = &bytes[HEADER_LEN..];
-    let (msg, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| DecodeError::Body {
+    let (msg, used) = bincode::serde::decode_from_slice(body, decode_config()).map_err(|e| {
+        DecodeError::Body {
             expected,
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     if used != body.len() {
         return Err(DecodeError::Body {
             expected,

@@ -23,8 +23,8 @@ pub mod topology;
 
 pub use envelope::{DecodeError, EncodeError, Kind, MAX_MESSAGE_BYTES, WIRE_VERSION};
 pub use messages::{
-    AnomalyCounts, DeviceAnomalies, InputType, ItemMessage, ItemStatus, OutcomeMessage,
-    ResultTarget,
+    AnomalyCounts, DeviceAnomalies, InputType, ItemMessage, ItemStatus, MAX_CAUSE_BYTES,
+    OutcomeMessage, ResultTarget, bounded_cause,
 };
 pub use rules::{AnomalyType, Thresholds};
 pub use topology::{Topology, TopologyError};

@@ -127,6 +127,26 @@ pub struct DeviceAnomalies {
 /// still counted in [`AnomalyCounts`] and flagged by `devices_truncated`.
 pub const MAX_DEVICES_PER_OUTCOME: usize = 256;
 
+/// Longest `cause` an outcome carries, in bytes — Step Functions' own limit for a cause. A
+/// cause built from a remote error body or a long key list could otherwise push an outcome
+/// past [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) and make the failure unreportable.
+pub const MAX_CAUSE_BYTES: usize = 32 * 1024;
+
+/// Cuts `cause` to at most [`MAX_CAUSE_BYTES`] on a character boundary, saying so at the end.
+pub fn bounded_cause(mut cause: String) -> String {
+    const MARK: &str = " … (truncated)";
+    if cause.len() <= MAX_CAUSE_BYTES {
+        return cause;
+    }
+    let mut cut = MAX_CAUSE_BYTES - MARK.len();
+    while !cause.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cause.truncate(cut);
+    cause.push_str(MARK);
+    cause
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ItemStatus {
     Succeeded {
@@ -173,6 +193,30 @@ impl OutcomeMessage {
 mod tests {
     use super::*;
     use crate::envelope::{MAX_MESSAGE_BYTES, WIRE_VERSION};
+
+    #[test]
+    fn a_long_cause_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded_cause("short".into()), "short");
+        let long = "é".repeat(MAX_CAUSE_BYTES);
+        let cut = bounded_cause(long);
+        assert!(cut.len() <= MAX_CAUSE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("(truncated)"));
+        let outcome = OutcomeMessage {
+            run_id: "r".into(),
+            execution: 1,
+            attempt: 1,
+            worker_id: "w".into(),
+            started_ms: 0,
+            finished_ms: 0,
+            bytes_read: 0,
+            status: ItemStatus::Failed {
+                error: "States.TaskFailed".into(),
+                cause: cut,
+            },
+        };
+        let bytes = outcome.encode().expect("a bounded cause fits an outcome");
+        assert_eq!(OutcomeMessage::decode(&bytes).unwrap(), outcome);
+    }
 
     fn item() -> ItemMessage {
         ItemMessage {

@@ -107,7 +107,24 @@ impl S3FileReader {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, parquet::errors::Result<Bytes>> {
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
         let counter = Arc::clone(&self.bytes_read);
+        let size = self.size;
         async move {
+            if range.end > size || range.start > range.end {
+                // The footer promises pages the object does not hold: the file is truncated
+                // or its metadata corrupt. Retrying reads the same bytes, so it is bad input,
+                // not a storage fault.
+                return Err(external(WorkerError::InvalidInput {
+                    bucket,
+                    key,
+                    format: "PARQUET",
+                    source: format!(
+                        "the Parquet metadata points at bytes {}..{} but the object is {size} \
+                         bytes long (truncated or corrupt file)",
+                        range.start, range.end
+                    )
+                    .into(),
+                }));
+            }
             let want = range.end.saturating_sub(range.start);
             let bytes = fleetmap_objstore::get_range(&client, &bucket, &key, range)
                 .await
