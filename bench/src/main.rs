@@ -121,7 +121,7 @@ fn summary_line(
 /// B2: the sample-schema JSON lines, written to `out` batch by batch.
 fn b2(out: &str, files: &[String]) -> Res {
     let t = Thresholds::default();
-    let ctx = RecordContext::new(ANALYSIS_MS).ok_or("bad analysis time")?;
+    let ctx = RecordContext::new(ANALYSIS_MS, "s3://bench/readings").ok_or("bad analysis time")?;
     let (start, cpu0) = (Instant::now(), cpu_seconds());
     let mut file = BufWriter::with_capacity(1 << 20, File::create(out)?);
     let mut buf = Vec::new();
@@ -133,7 +133,7 @@ fn b2(out: &str, files: &[String]) -> Res {
             let r = Readings::from_batch(&batch, "local", f)?;
             let d = detect(&r, &t);
             buf.clear();
-            encode_records(&r, &d.mask, &t, &ctx, &mut buf);
+            encode_records(&r, &d.mask, &t, &ctx, 0, &mut buf);
             file.write_all(&buf)?;
             readings += d.readings;
             anomalous += d.counts.readings_with_anomalies;

@@ -571,7 +571,10 @@ impl Engine {
             return;
         };
         let source = e.spec.source.clone();
-        let footers = e.spec.batcher.is_some() && e.spec.input_type == InputType::Parquet;
+        // Parquet footers give each object's row count, so every child execution knows the
+        // Map context Index of its first reading (and the ItemBatcher its row groups). Text
+        // objects' row counts are unknown until read: their Index counts within each Source.
+        let footers = e.spec.input_type == InputType::Parquet;
         let s3 = self.s3.clone();
         let tx = self.events_tx.clone();
         let id = id.clone();

@@ -144,6 +144,44 @@ fn check_records(records: &[Value], readings: &[Reading]) -> Totals {
     seen
 }
 
+/// The Map context in each record's `metadata`: `Index` is the reading's position in the
+/// run (manifest order, then row order) and `Source` the object it came from. Readings are
+/// generated in that same order, so index `i` must be reading `i`, from the file holding it.
+fn check_map_context(records: &[Value], generated: &fleetmap_sample::GenReport) {
+    let mut file_of = Vec::with_capacity(generated.readings.len());
+    for (file, &rows) in generated.files.iter().zip(&generated.rows_per_file) {
+        file_of.extend(std::iter::repeat_n(
+            format!("s3://{DATA}/{file}"),
+            rows as usize,
+        ));
+    }
+    let mut seen = vec![false; generated.readings.len()];
+    for rec in records {
+        let index = rec["metadata"]["index"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("metadata.index missing in {rec}"))
+            as usize;
+        let r = generated
+            .readings
+            .get(index)
+            .unwrap_or_else(|| panic!("index {index} beyond the run's readings: {rec}"));
+        assert_eq!(
+            rec["metadata"]["source"].as_str(),
+            Some(file_of[index].as_str())
+        );
+        assert_eq!(
+            (rec["deviceid"].as_str(), rec["readingtimestamp"].as_str()),
+            (Some(r.deviceid.as_str()), Some(r.timestamp.as_str())),
+            "index {index} names another reading"
+        );
+        assert!(
+            !std::mem::replace(&mut seen[index], true),
+            "index {index} twice"
+        );
+    }
+    assert!(seen.iter().all(|&s| s), "some indexes are missing");
+}
+
 fn type_totals(d: &fleetmap_coordinator::RunDescription) -> BTreeMap<String, u64> {
     [
         ("humidity_anomaly", d.anomalies.humidity_anomaly),
@@ -188,6 +226,7 @@ async fn sample_scenario_writes_one_correct_record_per_reading() {
     let records = h.result_records().await;
     assert_eq!(records.len(), 120);
     let seen = check_records(&records, &generated.readings);
+    check_map_context(&records, &generated);
     let want = expected_totals(&generated.readings);
     assert_eq!(seen, want);
     assert!(
@@ -275,5 +314,6 @@ async fn larger_run_is_shared_by_two_workers_and_totals_match() {
     let records = h.result_records().await;
     assert_eq!(records.len() as u64, want.readings);
     assert_eq!(check_records(&records, &generated.readings), want);
+    check_map_context(&records, &generated);
     h.stop().await;
 }

@@ -8,8 +8,15 @@
 //!  "readingscount":1,"metrics":{"temperature":42.13,"humidity":55.1,"batterylevel":98.5,
 //!  "latitude":47.61,"longitude":-122.33},"anomalies":[{"type":"temperature_spike",
 //!  "value":42.13,"threshold":">35°C"}],"anomalycount":1,"healthstatus":"anomalies_detected",
-//!  "timestamp":"2026-11-27T20:45:00.123Z"}
+//!  "timestamp":"2026-11-27T20:45:00.123Z",
+//!  "metadata":{"index":1041,"source":"s3://data/unload/deviceid_partition=3/20260101_x_00003"}}
 //! ```
+//!
+//! `metadata` is fleetmap's addition: the Map context's `Index` (the reading's position in
+//! the run, in manifest then row order; for CSV and JSONL objects, whose row counts are
+//! unknown until read, its position within its object) and `Source` (the object it was read
+//! from), so a record can be traced back to its input. It comes last, and Athena's JSON SerDe ignores fields a table does not declare,
+//! so the sample's table reads these records unchanged.
 //!
 //! A record is a few hundred bytes and a file holds millions of readings, so nothing is
 //! built per row: a hand-written writer appends into one pre-sized buffer. Pure, like the
@@ -31,23 +38,27 @@ use fleetmap_protocol::rules::{Breach, Thresholds};
 
 use crate::kernel::{Readings, breaches};
 
-/// What every record of a run shares: the run's start time, formatted once. Taken from the
-/// item rather than the clock so a redelivered item writes identical bytes.
+/// What every record of an item shares: the run's start time, formatted once, and the
+/// Map context's `Source`. Taken from the item rather than the clock so a redelivered item
+/// writes identical bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordContext {
     /// `YYYY-MM-DD` (UTC).
     pub analysisdate: String,
     /// RFC 3339 UTC with milliseconds, e.g. `2026-11-27T20:45:00.123Z`.
     pub timestamp: String,
+    /// The input object's URI (`s3://bucket/key`).
+    pub source: String,
 }
 
 impl RecordContext {
     /// `None` when the time is outside chrono's range (a corrupt item).
-    pub fn new(analysis_time_ms: i64) -> Option<Self> {
+    pub fn new(analysis_time_ms: i64, source: impl Into<String>) -> Option<Self> {
         let t = DateTime::from_timestamp_millis(analysis_time_ms)?;
         Some(RecordContext {
             analysisdate: t.format("%Y-%m-%d").to_string(),
             timestamp: t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            source: source.into(),
         })
     }
 }
@@ -64,10 +75,10 @@ pub fn round2(v: f64) -> f64 {
 }
 
 /// A rough record size, so a batch's output is allocated once.
-const BYTES_PER_RECORD: usize = 420;
+const BYTES_PER_RECORD: usize = 500;
 
 /// Appends one JSON line per reading of `r` to `out`. `mask` is the kernel's breach mask
-/// for the same rows.
+/// for the same rows; `first_index` is the Map context `Index` of the first row.
 ///
 /// Per row this is only copies of pre-built fragments and integer formatting: the parts of
 /// a record that do not depend on the row (field names, the analysis date and timestamp,
@@ -79,6 +90,7 @@ pub fn encode_records(
     mask: &[u8],
     thresholds: &Thresholds,
     ctx: &RecordContext,
+    first_index: u64,
     out: &mut Vec<u8>,
 ) {
     let n = r.len().min(mask.len());
@@ -119,6 +131,8 @@ pub fn encode_records(
             out.extend_from_slice(close);
         }
         out.extend_from_slice(parts.tail(count));
+        write_u64(out, first_index + i as u64);
+        out.extend_from_slice(&parts.after_index);
     }
 }
 
@@ -128,8 +142,11 @@ struct Parts {
     after_deviceid: Vec<u8>,
     /// Per breach: `{"type":"…","value":` and `,"threshold":"…"}`.
     breaches: [(Vec<u8>, Vec<u8>); 5],
-    /// Per anomaly count 0..=5: `],"anomalycount":N,"healthstatus":"…","timestamp":"…"}\n`.
+    /// Per anomaly count 0..=5:
+    /// `],"anomalycount":N,"healthstatus":"…","timestamp":"…","metadata":{"index":`.
     tails: [Vec<u8>; 6],
+    /// `,"source":"…"}}\n`
+    after_index: Vec<u8>,
 }
 
 impl Parts {
@@ -155,9 +172,12 @@ impl Parts {
                 b",\"healthstatus\":\"anomalies_detected\",\"timestamp\":"
             });
             write_str(&mut v, &ctx.timestamp);
-            v.extend_from_slice(b"}\n");
+            v.extend_from_slice(b",\"metadata\":{\"index\":");
             v
         };
+        let mut after_index = b",\"source\":".to_vec();
+        write_str(&mut after_index, &ctx.source);
+        after_index.extend_from_slice(b"}}\n");
         Parts {
             after_deviceid,
             breaches: [
@@ -168,6 +188,7 @@ impl Parts {
                 breach(Breach::BatteryLow),
             ],
             tails: std::array::from_fn(tail),
+            after_index,
         }
     }
 

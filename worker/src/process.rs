@@ -83,6 +83,8 @@ struct Job {
     key: String,
     thresholds: Thresholds,
     ctx: RecordContext,
+    /// Map context `Index` of the item's first reading.
+    first_index: u64,
 }
 
 /// Decodes, detects and encodes one chunk, batch by batch, handing the records to the
@@ -91,6 +93,7 @@ struct Job {
 fn process_chunk(
     job: &Job,
     chunk: Chunk,
+    mut first_index: u64,
     mut records: Vec<u8>,
     to_upload: &mpsc::Sender<Vec<u8>>,
 ) -> Result<ChunkOutput, WorkerError> {
@@ -100,7 +103,15 @@ fn process_chunk(
         let readings = Readings::from_batch(&batch, &job.bucket, &job.key)?;
         let d = detect(&readings, &job.thresholds);
         count_devices(&readings, &d.mask, &mut out.devices);
-        encode_records(&readings, &d.mask, &job.thresholds, &job.ctx, &mut records);
+        encode_records(
+            &readings,
+            &d.mask,
+            &job.thresholds,
+            &job.ctx,
+            first_index,
+            &mut records,
+        );
+        first_index += readings.len() as u64;
         out.readings += d.readings;
         out.counts.add(&d.counts);
         if records.len() >= upload::PART_SIZE {
@@ -165,7 +176,7 @@ pub async fn process_item_with(
         execution: item.execution,
         reason,
     };
-    let ctx = RecordContext::new(item.analysis_time_ms).ok_or_else(|| {
+    let ctx = RecordContext::new(item.analysis_time_ms, item.source_uri()).ok_or_else(|| {
         invalid(format!(
             "analysis time {} ms is out of range",
             item.analysis_time_ms
@@ -177,6 +188,7 @@ pub async fn process_item_with(
         key: item.key.clone(),
         thresholds: item.thresholds,
         ctx,
+        first_index: item.first_index,
     });
 
     let mut reader = ItemReader::open_with(s3, item, options.max_row_group_bytes).await?;
@@ -243,8 +255,11 @@ async fn process_chunks(
         let Some(chunk) = next? else { break };
         let (job, tx) = (Arc::clone(job), to_upload.clone());
         let carry = std::mem::take(&mut total.carry);
+        // Chunks are processed one after another and merged before the next starts, so
+        // the readings counted so far are exactly the rows before this chunk.
+        let first_index = job.first_index + total.readings;
         running = Some(tokio::task::spawn_blocking(move || {
-            process_chunk(&job, chunk, carry, &tx)
+            process_chunk(&job, chunk, first_index, carry, &tx)
         }));
     }
     let last = std::mem::take(&mut total.carry);

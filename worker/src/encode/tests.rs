@@ -10,6 +10,11 @@ use crate::kernel::{COLUMNS, detect};
 
 /// 2026-11-27T20:45:00.123Z
 const ANALYSIS_MS: i64 = 1_795_812_300_123;
+const SOURCE: &str = "s3://data/unload/deviceid_partition=3/20260101_x_00003";
+
+fn ctx(ms: i64) -> RecordContext {
+    RecordContext::new(ms, SOURCE).unwrap()
+}
 
 type Row<'a> = (
     Option<&'a str>,
@@ -35,13 +40,7 @@ fn encode(rows: &[Row]) -> Vec<Value> {
     let t = Thresholds::default();
     let d = detect(&readings, &t);
     let mut out = Vec::new();
-    encode_records(
-        &readings,
-        &d.mask,
-        &t,
-        &RecordContext::new(ANALYSIS_MS).unwrap(),
-        &mut out,
-    );
+    encode_records(&readings, &d.mask, &t, &ctx(ANALYSIS_MS), 7, &mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(text.ends_with('\n') || text.is_empty());
     text.lines()
@@ -75,6 +74,7 @@ fn healthy_reading_has_every_field_in_the_sample_schema() {
             "anomalycount": 0,
             "healthstatus": "healthy",
             "timestamp": "2026-11-27T20:45:00.123Z",
+            "metadata": {"index": 7, "source": SOURCE},
         })]
     );
 }
@@ -96,11 +96,17 @@ fn field_order_and_bytes_match_the_sample_exactly() {
     let r = Readings::from_batch(&batch, "b", "k").unwrap();
     let t = Thresholds::default();
     let mut out = Vec::new();
-    let ctx = RecordContext::new(ANALYSIS_MS).unwrap();
-    encode_records(&r, &detect(&r, &t).mask, &t, &ctx, &mut out);
+    encode_records(
+        &r,
+        &detect(&r, &t).mask,
+        &t,
+        &ctx(ANALYSIS_MS),
+        1041,
+        &mut out,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "{\"deviceid\":\"sensor-001\",\"analysisdate\":\"2026-11-27\",\"readingtimestamp\":\"2024-01-15T03:00:00\",\"readingscount\":1,\"metrics\":{\"temperature\":42.13,\"humidity\":55.1,\"batterylevel\":98.5,\"latitude\":47.61,\"longitude\":-122.33},\"anomalies\":[{\"type\":\"temperature_spike\",\"value\":42.13,\"threshold\":\">35°C\"}],\"anomalycount\":1,\"healthstatus\":\"anomalies_detected\",\"timestamp\":\"2026-11-27T20:45:00.123Z\"}\n"
+        "{\"deviceid\":\"sensor-001\",\"analysisdate\":\"2026-11-27\",\"readingtimestamp\":\"2024-01-15T03:00:00\",\"readingscount\":1,\"metrics\":{\"temperature\":42.13,\"humidity\":55.1,\"batterylevel\":98.5,\"latitude\":47.61,\"longitude\":-122.33},\"anomalies\":[{\"type\":\"temperature_spike\",\"value\":42.13,\"threshold\":\">35°C\"}],\"anomalycount\":1,\"healthstatus\":\"anomalies_detected\",\"timestamp\":\"2026-11-27T20:45:00.123Z\",\"metadata\":{\"index\":1041,\"source\":\"s3://data/unload/deviceid_partition=3/20260101_x_00003\"}}\n"
     );
 }
 
@@ -151,8 +157,7 @@ fn whole_numbers_keep_a_decimal_point_so_athena_reads_doubles() {
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
     let r = Readings::from_batch(&batch, "b", "k").unwrap();
     let mut out = Vec::new();
-    let ctx = RecordContext::new(0).unwrap();
-    encode_records(&r, &[0], &Thresholds::default(), &ctx, &mut out);
+    encode_records(&r, &[0], &Thresholds::default(), &ctx(0), 0, &mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.contains("{\"temperature\":23.0,\"humidity\":50.0,\"batterylevel\":100.0,\"latitude\":0.0,\"longitude\":100000000000000000000.0}"),
@@ -202,7 +207,51 @@ fn empty_batch_writes_nothing() {
 
 #[test]
 fn analysis_time_out_of_range_is_rejected() {
-    assert!(RecordContext::new(i64::MAX).is_none());
+    assert!(RecordContext::new(i64::MAX, SOURCE).is_none());
+}
+
+#[test]
+fn each_record_carries_its_map_index_and_an_escaped_source() {
+    let ids = StringArray::from(vec!["a", "b", "c"]);
+    let ts = StringArray::from(vec!["t", "t", "t"]);
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(ts)];
+    for _ in 0..5 {
+        cols.push(Arc::new(Float64Array::from(vec![30.0, 30.0, 30.0])));
+    }
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .zip(&cols)
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let r = Readings::from_batch(&batch, "b", "k").unwrap();
+    let odd = "s3://b/dir/quote\"back\\slash";
+    let mut out = Vec::new();
+    let ctx = RecordContext::new(0, odd).unwrap();
+    encode_records(
+        &r,
+        &[0, 0, 0],
+        &Thresholds::default(),
+        &ctx,
+        u64::from(u32::MAX),
+        &mut out,
+    );
+    let recs: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let meta: Vec<(u64, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["metadata"]["index"].as_u64().unwrap(),
+                r["metadata"]["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let base = u64::from(u32::MAX);
+    assert_eq!(meta, vec![(base, odd), (base + 1, odd), (base + 2, odd)]);
 }
 
 /// The fast metric writer must produce exactly the bytes of the general one
