@@ -20,6 +20,8 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod faultproxy;
+
 pub const DATA: &str = "fleetmap-data";
 pub const RESULTS: &str = "fleetmap-results";
 pub const RESULTS_PREFIX: &str = "analytics";
