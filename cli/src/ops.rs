@@ -12,25 +12,55 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Readiness shared between a role and its ops endpoint.
+/// A condition readiness also depends on, read at every probe (e.g. "consuming now").
+type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Readiness shared between a role and its ops endpoint: the role's own flag (set once it
+/// is started, cleared when it drains) and, optionally, a live probe of its dependencies.
 #[derive(Clone, Default)]
-pub struct Ready(Arc<AtomicBool>);
+pub struct Ready {
+    flag: Arc<AtomicBool>,
+    probe: Option<Probe>,
+}
 
 impl Ready {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    /// Ready only while `probe` also holds.
+    pub fn with_probe(probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Ready {
+            flag: Arc::default(),
+            probe: Some(Arc::new(probe)),
+        }
     }
+
+    pub fn set(&self, ready: bool) {
+        self.flag.store(ready, Ordering::Relaxed);
+    }
+
     fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed) && self.probe.as_ref().is_none_or(|p| p())
     }
 }
 
+/// Bucket bounds (seconds) of every `*_seconds` histogram. Child executions take from a few
+/// milliseconds (a tiny file) to the child execution timeout (a 2 GB file), so the bounds
+/// span that range roughly ×2.5 apart.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 150.0, 300.0, 900.0,
+    1800.0, 3600.0,
+];
+
 /// Installs the Prometheus recorder (once per process).
+///
+/// Durations are exported as histograms (`_bucket` series), not the exporter's default
+/// summaries: workers run as many pods, and only buckets can be summed across pods before
+/// `histogram_quantile` — a summary's quantiles cannot be aggregated at all.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+        .context("configuring histogram buckets")?
         .install_recorder()
         .context("installing the Prometheus metrics recorder")
 }

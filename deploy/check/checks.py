@@ -297,8 +297,19 @@ def check_k8s_semantics(rep: Report, name: str, docs: list[dict]) -> None:
     )
     rep.check("replicas" not in worker["spec"], f"{name}: worker replicas left to the autoscaler")
     drain = int(worker_cm.get("FLEETMAP_DRAIN_TIMEOUT_SECS", "30"))
+    timeout = int(worker_cm.get("FLEETMAP_CHILD_EXECUTION_TIMEOUT_SECS", "1500"))
     grace = worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
     rep.check(grace >= drain + 15, f"{name}: worker terminationGracePeriodSeconds {grace} > drain timeout {drain} + 15 s")
+    # A draining pod finishes what it holds: no item runs longer than the child execution
+    # timeout, so a drain that long never cuts one off, and the grace period covers it.
+    rep.check(drain >= timeout, f"{name}: drain timeout {drain} >= child execution timeout {timeout}")
+    rep.check(grace > timeout, f"{name}: terminationGracePeriodSeconds {grace} > child execution timeout {timeout}")
+    # RabbitMQ must not redeliver an item the worker is still allowed to work on.
+    for rmq in (d for d in docs if d.get("kind") == "RabbitmqCluster"):
+        conf = rmq["spec"].get("rabbitmq", {}).get("additionalConfig", "")
+        m = re.search(r"^\s*consumer_timeout\s*=\s*(\d+)", conf, re.M)
+        ct = int(m.group(1)) // 1000 if m else 1800
+        rep.check(ct > timeout, f"{name}: RabbitMQ consumer_timeout {ct} s > child execution timeout {timeout} s")
     rep.check(
         len(worker["spec"]["template"]["spec"].get("topologySpreadConstraints", [])) >= 1,
         f"{name}: worker topology spread constraints",

@@ -22,10 +22,19 @@ pub struct WorkerConfig {
     /// A Parquet row group needing more compressed bytes than this fails its child
     /// execution instead of exhausting memory (Step Functions' 256 MB by default).
     pub max_row_group_bytes: u64,
+    /// The child execution timeout (Step Functions' `TimeoutSeconds`): an item still running
+    /// after this fails with `States.Timeout` and is acked. It must stay below the broker's
+    /// consumer timeout (RabbitMQ's `consumer_timeout`, 30 minutes by default), or the
+    /// broker closes the channel first and redelivers the item — a silent loop that ends
+    /// only at the delivery limit, with the wrong error.
+    pub child_execution_timeout: Duration,
 }
 
 impl WorkerConfig {
     pub const DEFAULT_CONCURRENCY: usize = 4;
+    /// 25 minutes: under RabbitMQ's default 30-minute consumer timeout, with room for the
+    /// outcome to be published and the delivery acked.
+    pub const DEFAULT_CHILD_EXECUTION_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
     pub fn new(
         amqp_url: impl Into<String>,
@@ -41,6 +50,7 @@ impl WorkerConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_row_group_bytes: crate::reader::DEFAULT_MAX_ROW_GROUP_BYTES,
+            child_execution_timeout: Self::DEFAULT_CHILD_EXECUTION_TIMEOUT,
         }
     }
 

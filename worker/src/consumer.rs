@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::WorkerConfig;
+use crate::error::WorkerError;
 use crate::process::{ItemReport, ProcessOptions, process_item_with};
 
 /// Why a worker session ended other than by shutdown.
@@ -57,11 +58,19 @@ pub struct WorkerStats {
     pub items_failed: AtomicU64,
     pub items_rejected: AtomicU64,
     pub sessions: AtomicU64,
+    /// True while a session is consuming the items queue: the worker's readiness. A worker
+    /// that is up but has no broker takes no work, and a rollout must not count it as ready.
+    consuming: std::sync::atomic::AtomicBool,
     /// Per run: child executions in progress now, and the most seen at once.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 impl WorkerStats {
+    /// Whether the worker is connected and consuming items right now.
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
     fn enter(&self, run: &str) {
         if let Ok(mut m) = self.in_flight.lock() {
             let e = m.entry(run.to_owned()).or_default();
@@ -112,7 +121,9 @@ pub async fn run(
     let mut first = true;
     loop {
         let started = Instant::now();
-        match session(&cfg, &s3, &stats, &shutdown).await {
+        let ended = session(&cfg, &s3, &stats, &shutdown).await;
+        stats.consuming.store(false, Ordering::Relaxed);
+        match ended {
             Ok(()) => return Ok(()),
             Err(e) if first && matches!(e, SessionError::Connect(_)) => return Err(e),
             Err(e) => {
@@ -173,6 +184,7 @@ async fn session(
         .await
         .map_err(amqp_err("consume items"))?;
     stats.sessions.fetch_add(1, Ordering::Relaxed);
+    stats.consuming.store(true, Ordering::Relaxed);
     info!(worker = %cfg.worker_id, queue = %cfg.topology.items_queue(), concurrency = cfg.concurrency, "worker consuming");
 
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -215,6 +227,7 @@ async fn session(
             options: ProcessOptions {
                 max_row_group_bytes: cfg.max_row_group_bytes,
             },
+            timeout: cfg.child_execution_timeout,
         };
         tasks.spawn(async move {
             ctx.handle(delivery).await;
@@ -256,6 +269,7 @@ struct ItemCtx {
     worker_id: String,
     stats: Arc<WorkerStats>,
     options: ProcessOptions,
+    timeout: Duration,
 }
 
 impl ItemCtx {
@@ -276,7 +290,22 @@ impl ItemCtx {
             metrics::gauge!("fleetmap_worker_items_in_flight").increment(1.0);
             let started_ms = chrono::Utc::now().timestamp_millis();
             let t0 = Instant::now();
-            let result = process_item_with(&self.s3, &item, &self.options).await;
+            // Dropping the future on timeout stops fetching and uploading; a chunk already on
+            // the blocking pool finishes on its own and its records are discarded. No result
+            // object is completed, because the multipart upload is never finished.
+            let result = match tokio::time::timeout(
+                self.timeout,
+                process_item_with(&self.s3, &item, &self.options),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(WorkerError::Timeout {
+                    bucket: item.bucket.clone(),
+                    key: item.key.clone(),
+                    seconds: self.timeout.as_secs(),
+                }),
+            };
             let finished_ms = chrono::Utc::now().timestamp_millis();
             metrics::gauge!("fleetmap_worker_items_in_flight").decrement(1.0);
             metrics::histogram!("fleetmap_worker_item_duration_seconds")
@@ -296,7 +325,7 @@ impl ItemCtx {
                     (
                         ItemStatus::Failed {
                             error: e.error_name().to_owned(),
-                            cause: e.to_string(),
+                            cause: fleetmap_protocol::bounded_cause(e.to_string()),
                         },
                         0,
                     )

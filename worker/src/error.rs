@@ -113,6 +113,14 @@ pub enum WorkerError {
         #[source]
         source: BoxError,
     },
+
+    /// The item ran past the child execution timeout and was abandoned.
+    #[error("child execution over s3://{bucket}/{key} ran past its timeout of {seconds} s")]
+    Timeout {
+        bucket: String,
+        key: String,
+        seconds: u64,
+    },
 }
 
 impl WorkerError {
@@ -129,6 +137,7 @@ impl WorkerError {
             WorkerError::InvalidItem { .. } => errors::TASK_FAILED,
             WorkerError::ResultWrite { .. } => errors::RESULT_WRITE_FAILED,
             WorkerError::Crashed { .. } => errors::RUNTIME,
+            WorkerError::Timeout { .. } => errors::TIMEOUT,
         }
     }
 

@@ -32,6 +32,11 @@ pub struct WorkerArgs {
     /// may read; a larger one fails with FleetMap.InvalidInput instead of exhausting memory.
     #[arg(long, env = "FLEETMAP_MAX_ROW_GROUP_BYTES", default_value_t = fleetmap_worker::reader::DEFAULT_MAX_ROW_GROUP_BYTES)]
     pub max_row_group_bytes: u64,
+    /// Child execution timeout in seconds: an item still running after this fails with
+    /// States.Timeout. Keep it below RabbitMQ's consumer_timeout (30 min by default), or the
+    /// broker redelivers the item instead.
+    #[arg(long, env = "FLEETMAP_CHILD_EXECUTION_TIMEOUT_SECS", default_value_t = WorkerConfig::DEFAULT_CHILD_EXECUTION_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub child_execution_timeout_secs: u64,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "FLEETMAP_OPS_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_addr: SocketAddr,
@@ -40,7 +45,11 @@ pub struct WorkerArgs {
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_on_signals();
     let metrics = ops::install_metrics()?;
-    let ready = ops::Ready::default();
+    let stats = Arc::new(WorkerStats::default());
+    let ready = {
+        let stats = Arc::clone(&stats);
+        ops::Ready::with_probe(move || stats.is_consuming())
+    };
     let addr = ops::serve(
         args.ops_addr,
         metrics,
@@ -55,9 +64,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     cfg.concurrency = args.concurrency.max(1);
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     cfg.max_row_group_bytes = args.max_row_group_bytes;
+    cfg.child_execution_timeout = Duration::from_secs(args.child_execution_timeout_secs);
     let s3 = fleetmap_objstore::client(&args.s3.config()).await;
     ready.set(true);
-    let result = consumer::run(cfg, s3, Arc::new(WorkerStats::default()), shutdown).await;
+    let result = consumer::run(cfg, s3, stats, shutdown).await;
     ready.set(false);
     result?;
     Ok(ExitCode::SUCCESS)
