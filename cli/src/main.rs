@@ -42,13 +42,16 @@ enum Command {
     Client(cmd::client::ClientCommand),
     /// Serve a loopback S3-protocol server from a folder (for local stacks without MinIO).
     S3Server(cmd::s3_server::S3ServerArgs),
+    /// Load-test the map run backlog: K runs of M tiny items against an open-run limit L.
+    Loadtest(cmd::loadtest::LoadtestArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own progress and summary; its logs would only bury them.
+    // The demo and the load test print their own progress and summary; their logs would
+    // only bury them.
     let level = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Loadtest(_) => "warn",
         _ => "info",
     };
     common::init_tracing(level);
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::S3Server(a) => cmd::s3_server::run(a).await,
             Command::Coordinator(a) => cmd::coordinator::run(a).await,
             Command::Client(c) => cmd::client::run(cli.client, c).await,
+            Command::Loadtest(a) => cmd::loadtest::run(a).await,
         }
     });
     match result {
