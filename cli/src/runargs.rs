@@ -21,7 +21,7 @@ pub struct SourceArgs {
     /// Process these objects (`s3://bucket/key`, repeatable).
     #[arg(long, num_args = 1..)]
     pub objects: Vec<String>,
-    /// Encoding of every object: PARQUET, CSV (with header) or JSONL.
+    /// Encoding of every object: PARQUET, CSV (with header), JSONL or JSON (one array).
     #[arg(long, default_value = "PARQUET")]
     pub input_type: String,
 }

@@ -72,7 +72,7 @@ pub struct ItemReaderRequest {
     /// `ATHENA_DATA` for an Athena UNLOAD manifest (the only manifest type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_type: Option<String>,
-    /// `PARQUET` (default), `CSV` or `JSONL`.
+    /// `PARQUET` (default), `CSV`, `JSONL` or `JSON` (one array of objects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -429,8 +429,12 @@ impl Recipe<'_> {
             run_id: self.string(),
             execution: self.u32(),
             attempt: self.u32(),
-            input_type: [InputType::Parquet, InputType::Csv, InputType::Jsonl]
-                [usize::from(self.byte()) % 3],
+            input_type: [
+                InputType::Parquet,
+                InputType::Csv,
+                InputType::Jsonl,
+                InputType::Json,
+            ][usize::from(self.byte()) % 4],
             bucket: self.string(),
             key: self.string(),
             row_groups: self.flag().then(|| (self.u32(), self.u32())),

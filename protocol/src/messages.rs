@@ -17,6 +17,9 @@ pub enum InputType {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// One JSON array of objects (Step Functions' `JSON` ItemReader input). Added after the
+    /// others so earlier variants keep their wire encoding.
+    Json,
 }
 
 impl InputType {
@@ -25,6 +28,7 @@ impl InputType {
             InputType::Parquet => "PARQUET",
             InputType::Csv => "CSV",
             InputType::Jsonl => "JSONL",
+            InputType::Json => "JSON",
         }
     }
 }
@@ -36,8 +40,9 @@ impl std::str::FromStr for InputType {
             "PARQUET" => Ok(InputType::Parquet),
             "CSV" => Ok(InputType::Csv),
             "JSONL" | "JSON_LINES" => Ok(InputType::Jsonl),
+            "JSON" => Ok(InputType::Json),
             other => Err(format!(
-                "unknown InputType {other:?}: expected PARQUET, CSV or JSONL"
+                "unknown InputType {other:?}: expected PARQUET, CSV, JSONL or JSON"
             )),
         }
     }

@@ -355,7 +355,7 @@ impl ItemReader {
                         .await?;
                 (Source::Parquet(Box::new(stream)), counter)
             }
-            InputType::Csv | InputType::Jsonl => {
+            InputType::Csv | InputType::Jsonl | InputType::Json => {
                 let counter = Arc::new(AtomicU64::new(0));
                 let reader = text::TextReader::open(client, item, Arc::clone(&counter)).await?;
                 (Source::Text(Box::new(reader)), counter)

@@ -436,6 +436,16 @@ fn csv_of(rows: &[Row]) -> String {
     s
 }
 
+/// The same objects as [`jsonl_of`], as one pretty-printed JSON array (newlines and
+/// indentation inside and between the elements, as `json.dump(indent=2)` writes).
+fn json_array_of(rows: &[Row]) -> String {
+    let values: Vec<serde_json::Value> = jsonl_of(rows)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    serde_json::to_string_pretty(&values).unwrap()
+}
+
 fn jsonl_of(rows: &[Row]) -> String {
     rows.iter()
         .map(|r| {
@@ -467,6 +477,7 @@ async fn csv_and_jsonl_give_the_same_records_as_parquet() {
         .await;
     env.put("c.csv", Bytes::from(csv_of(&rows))).await;
     env.put("j.jsonl", Bytes::from(jsonl_of(&rows))).await;
+    env.put("a.json", Bytes::from(json_array_of(&rows))).await;
 
     let p = process_item(&env.client, &item(1, InputType::Parquet, "p", None))
         .await
@@ -477,14 +488,19 @@ async fn csv_and_jsonl_give_the_same_records_as_parquet() {
     let j = process_item(&env.client, &item(3, InputType::Jsonl, "j.jsonl", None))
         .await
         .unwrap();
+    let a = process_item(&env.client, &item(4, InputType::Json, "a.json", None))
+        .await
+        .unwrap();
     let (pb, _) = env.records(&p.result_key).await;
     let (cb, _) = env.records(&c.result_key).await;
     let (jb, _) = env.records(&j.result_key).await;
+    let (ab, _) = env.records(&a.result_key).await;
     let pb = without_source(&pb, "p");
     assert!(pb.contains("\"source\":\"\""), "{pb}");
     assert_eq!(pb, without_source(&cb, "c.csv"));
     assert_eq!(pb, without_source(&jb, "j.jsonl"));
-    for r in [&c, &j] {
+    assert_eq!(pb, without_source(&ab, "a.json"));
+    for r in [&c, &j, &a] {
         assert_eq!(r.readings, p.readings);
         assert_eq!(r.anomalies, p.anomalies);
         assert_eq!(r.devices, p.devices);
@@ -508,6 +524,7 @@ async fn large_text_objects_stream_across_chunks_and_batches() {
         Bytes::from(jsonl_of(&rows).trim_end().to_owned()),
     )
     .await;
+    env.put("big.json", Bytes::from(json_array_of(&rows))).await;
 
     let p = process_item(&env.client, &item(1, InputType::Parquet, "big", None))
         .await
@@ -522,7 +539,10 @@ async fn large_text_objects_stream_across_chunks_and_batches() {
     assert_eq!(p.anomalies, expected_counts(&rows));
     let (pb, _) = env.records(&p.result_key).await;
     let pb = without_source(&pb, "big");
-    for (r, key) in [(&c, "big.csv"), (&j, "big.jsonl")] {
+    let a = process_item(&env.client, &item(4, InputType::Json, "big.json", None))
+        .await
+        .unwrap();
+    for (r, key) in [(&c, "big.csv"), (&j, "big.jsonl"), (&a, "big.json")] {
         assert_eq!(r.readings, 20_000);
         let (b, _) = env.records(&r.result_key).await;
         assert!(

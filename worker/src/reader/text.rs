@@ -1,4 +1,5 @@
-//! CSV (with a header row) and JSON-lines objects, decoded as the GET body streams in.
+//! CSV (with a header row), JSON-lines and JSON-array objects, decoded as the GET body
+//! streams in.
 //!
 //! arrow's push decoders take arbitrary byte slices, so each network chunk is fed as it
 //! arrives and a batch is flushed whenever the decoder has a full one: memory stays at one
@@ -8,7 +9,9 @@
 //! `Float64`. A CSV header may name the columns in any order and case and carry others,
 //! which are skipped; a required column absent from the header is a
 //! [`WorkerError::MissingColumn`]. JSON objects are matched by exact (lower-case) key; a key
-//! absent from a line reads as null, since a JSON line has no header to check.
+//! absent from a line reads as null, since a JSON line has no header to check. A JSON array
+//! (`[{…},{…}]`) is unwrapped on the fly by [`ArrayUnwrap`] into the objects the same
+//! decoder reads, so it streams too.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -86,6 +89,8 @@ pub struct TextReader {
     bucket: String,
     key: String,
     format: InputType,
+    /// Set for [`InputType::Json`]: strips the array around the objects.
+    unwrap: Option<ArrayUnwrap>,
 }
 
 impl TextReader {
@@ -113,6 +118,7 @@ impl TextReader {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             format: item.input_type,
+            unwrap: (item.input_type == InputType::Json).then(ArrayUnwrap::default),
         };
         reader.decoder = match item.input_type {
             InputType::Csv => reader.read_csv_header().await?,
@@ -142,10 +148,22 @@ impl TextReader {
             Ok(Some(chunk)) => {
                 self.bytes_read
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                self.pending = chunk;
+                self.pending = match self.unwrap.as_mut() {
+                    Some(u) => {
+                        let mut objects = Vec::with_capacity(chunk.len());
+                        u.feed(&chunk, &mut objects)
+                            .map_err(|m| self.invalid(ArrowError::JsonError(m)))?;
+                        Bytes::from(objects)
+                    }
+                    None => chunk,
+                };
                 Ok(true)
             }
             Ok(None) => {
+                if let Some(u) = &self.unwrap {
+                    u.finish()
+                        .map_err(|m| self.invalid(ArrowError::JsonError(m)))?;
+                }
                 self.eof = true;
                 Ok(false)
             }
@@ -270,5 +288,150 @@ impl TextReader {
                 }
             }
         }
+    }
+}
+
+/// Where [`ArrayUnwrap`] is in the document.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ArrayPos {
+    /// Before the opening `[` (whitespace or a UTF-8 byte order mark may come first).
+    #[default]
+    Before,
+    Inside,
+    /// After the closing `]`: only whitespace may follow.
+    After,
+}
+
+/// Turns a JSON array of objects, fed in arbitrary chunks, into the objects alone, one per
+/// line: the outer brackets are dropped and the commas between elements become newlines.
+/// Only the array's own structure is checked here; what is inside each element is the JSON
+/// decoder's to judge. Strings are tracked (with escapes) so brackets and commas inside
+/// them are left alone.
+#[derive(Debug, Default)]
+pub(crate) struct ArrayUnwrap {
+    pos: ArrayPos,
+    /// Nesting below the array itself.
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// Bytes seen so far, for error messages.
+    offset: u64,
+}
+
+impl ArrayUnwrap {
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        for &b in chunk {
+            self.offset += 1;
+            match self.pos {
+                ArrayPos::Before => match b {
+                    b'[' => self.pos = ArrayPos::Inside,
+                    0xEF | 0xBB | 0xBF if self.offset <= 3 => {}
+                    b if b.is_ascii_whitespace() => {}
+                    _ => {
+                        return Err(format!(
+                            "a JSON input must be one array of readings; byte {} is {:?}, not '['",
+                            self.offset,
+                            char::from(b)
+                        ));
+                    }
+                },
+                ArrayPos::Inside => self.inside(b, out),
+                ArrayPos::After if b.is_ascii_whitespace() => {}
+                ArrayPos::After => {
+                    return Err(format!(
+                        "unexpected {:?} at byte {} after the JSON array's closing ']'",
+                        char::from(b),
+                        self.offset
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn inside(&mut self, b: u8, out: &mut Vec<u8>) {
+        if self.in_string {
+            out.push(b);
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+            return;
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                out.push(b);
+            }
+            b'{' | b'[' => {
+                self.depth += 1;
+                out.push(b);
+            }
+            b'}' | b']' if self.depth > 0 => {
+                self.depth -= 1;
+                out.push(b);
+            }
+            b']' => self.pos = ArrayPos::After,
+            b',' if self.depth == 0 => out.push(b'\n'),
+            _ => out.push(b),
+        }
+    }
+
+    /// At the end of the body: an empty object holds no readings; an array must be closed.
+    pub(crate) fn finish(&self) -> Result<(), String> {
+        match self.pos {
+            ArrayPos::Before | ArrayPos::After => Ok(()),
+            ArrayPos::Inside => Err(format!(
+                "the JSON array is not closed: the object ends after {} bytes without its ']'",
+                self.offset
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unwrap_in_chunks(input: &[u8], chunk: usize) -> Result<String, String> {
+        let mut u = ArrayUnwrap::default();
+        let mut out = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            u.feed(c, &mut out)?;
+        }
+        u.finish()?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn array_elements_become_lines_whatever_the_chunking() {
+        let input = br#" [ {"deviceid":"a,]}[","x":[1,2]} , {"deviceid":"b\"]"} ] "#;
+        for chunk in 1..input.len() {
+            let got = unwrap_in_chunks(input, chunk).unwrap();
+            assert_eq!(
+                got, " {\"deviceid\":\"a,]}[\",\"x\":[1,2]} \n {\"deviceid\":\"b\\\"]\"} ",
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_input_and_empty_array_hold_no_readings() {
+        assert_eq!(unwrap_in_chunks(b"", 4).unwrap(), "");
+        assert_eq!(unwrap_in_chunks(b"\xEF\xBB\xBF[]\n", 4).unwrap(), "");
+    }
+
+    #[test]
+    fn what_is_not_one_closed_array_is_refused_with_where() {
+        let e = unwrap_in_chunks(br#"{"deviceid":"a"}"#, 3).unwrap_err();
+        assert!(e.contains("byte 1") && e.contains("not '['"), "{e}");
+        let e = unwrap_in_chunks(br#"[{"deviceid":"a"}"#, 3).unwrap_err();
+        assert!(e.contains("not closed"), "{e}");
+        let e = unwrap_in_chunks(b"[] []", 3).unwrap_err();
+        assert!(e.contains("after the JSON array"), "{e}");
     }
 }
