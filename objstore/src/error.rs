@@ -23,7 +23,7 @@ pub enum ObjStoreError {
     NotFound { bucket: String, key: String },
 
     /// GetObject failed, or its body could not be read to the end.
-    #[error("reading s3://{bucket}/{key} failed")]
+    #[error("reading s3://{bucket}/{key} failed: {source}")]
     Get {
         bucket: String,
         key: String,
@@ -33,7 +33,7 @@ pub enum ObjStoreError {
     },
 
     /// HeadObject failed for a reason other than the object being absent.
-    #[error("inspecting s3://{bucket}/{key} failed")]
+    #[error("inspecting s3://{bucket}/{key} failed: {source}")]
     Head {
         bucket: String,
         key: String,
@@ -43,7 +43,7 @@ pub enum ObjStoreError {
     },
 
     /// PutObject failed.
-    #[error("writing s3://{bucket}/{key} failed")]
+    #[error("writing s3://{bucket}/{key} failed: {source}")]
     Put {
         bucket: String,
         key: String,
@@ -53,7 +53,7 @@ pub enum ObjStoreError {
     },
 
     /// A ListObjectsV2 page failed.
-    #[error("listing s3://{bucket}/{prefix} failed")]
+    #[error("listing s3://{bucket}/{prefix} failed: {source}")]
     List {
         bucket: String,
         prefix: String,
@@ -63,7 +63,7 @@ pub enum ObjStoreError {
     },
 
     /// The bucket could neither be found nor created.
-    #[error("creating bucket {bucket} failed")]
+    #[error("creating bucket {bucket} failed: {source}")]
     CreateBucket {
         bucket: String,
         retryable: bool,
@@ -108,6 +108,32 @@ const RETRYABLE_CODES: &[&str] = &[
 
 /// Classifies an SDK failure the way the SDK's own standard retry strategy does, so an error
 /// that survived the SDK's retries still tells the caller whether a later attempt is sensible.
+/// An S3 call's failure in one line that says what went wrong: the HTTP status, S3 error
+/// code and message when the store answered (`HTTP 403 AccessDenied: Access Denied`), the
+/// transport's chain of causes when it did not. The SDK's own `Display` says only
+/// "service error", which is useless in a child execution's cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SdkFailure(String);
+
+pub fn sdk_failure<E>(err: SdkError<E, HttpResponse>) -> BoxError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let summary = match &err {
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s.err().code().unwrap_or("(no error code)");
+            match s.err().message().filter(|m| !m.is_empty()) {
+                Some(m) => format!("HTTP {status} {code}: {m}"),
+                None => format!("HTTP {status} {code}"),
+            }
+        }
+        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+    };
+    Box::new(SdkFailure(summary))
+}
+
 pub(crate) fn sdk_retryable<E>(err: &SdkError<E, HttpResponse>) -> bool
 where
     E: ProvideErrorMetadata,
@@ -133,6 +159,25 @@ mod tests {
     use aws_sdk_s3::operation::get_object::GetObjectError;
     use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::error::ErrorMetadata;
+
+    #[test]
+    fn a_failure_names_status_code_and_message() {
+        let err = GetObjectError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDenied")
+                .message("Access Denied")
+                .build(),
+        );
+        let err = SdkError::service_error(
+            err,
+            HttpResponse::new(403.try_into().unwrap(), SdkBody::empty()),
+        );
+        assert_eq!(
+            sdk_failure(err).to_string(),
+            "HTTP 403 AccessDenied: Access Denied"
+        );
+        assert_eq!(sdk_failure(service_error(403, "")).to_string(), "HTTP 403 ");
+    }
 
     fn service_error(status: u16, code: &str) -> SdkError<GetObjectError, HttpResponse> {
         let status = status.try_into().expect("valid status");

@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use bytes::Bytes;
 
 use crate::ObjStoreError;
-use crate::error::sdk_retryable;
+use crate::error::{sdk_failure, sdk_retryable};
 
 /// ListObjectsV2 page size used by [`list_keys`] (S3's maximum).
 pub const LIST_PAGE_SIZE: i32 = 1000;
@@ -60,7 +60,7 @@ async fn get(
                     bucket: bucket.to_owned(),
                     key: key.to_owned(),
                     retryable: sdk_retryable(&err),
-                    source: err.into(),
+                    source: sdk_failure(err),
                 }
             }
         })?;
@@ -91,7 +91,7 @@ pub async fn head_size(c: &Client, bucket: &str, key: &str) -> Result<u64, ObjSt
                     bucket: bucket.to_owned(),
                     key: key.to_owned(),
                     retryable: sdk_retryable(&err),
-                    source: err.into(),
+                    source: sdk_failure(err),
                 }
             }
         })?;
@@ -123,7 +123,7 @@ pub async fn put_bytes(
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             retryable: sdk_retryable(&err),
-            source: err.into(),
+            source: sdk_failure(err),
         })?;
     Ok(())
 }
@@ -161,7 +161,7 @@ pub async fn list_keys_paged(
                 bucket: bucket.to_owned(),
                 prefix: prefix.to_owned(),
                 retryable: sdk_retryable(&err),
-                source: err.into(),
+                source: sdk_failure(err),
             })?;
         keys.extend(
             page.contents()
@@ -188,7 +188,7 @@ pub async fn ensure_bucket(c: &Client, bucket: &str) -> Result<(), ObjStoreError
     match c.head_bucket().bucket(bucket).send().await {
         Ok(_) => return Ok(()),
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {}
-        Err(err) => return Err(create_err(sdk_retryable(&err), err.into())),
+        Err(err) => return Err(create_err(sdk_retryable(&err), sdk_failure(err))),
     }
 
     // Outside us-east-1, AWS requires the region as a location constraint.
@@ -222,9 +222,9 @@ pub async fn ensure_bucket(c: &Client, bucket: &str) -> Result<(), ObjStoreError
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|head_err| create_err(sdk_retryable(&head_err), head_err.into()))
+                .map_err(|head_err| create_err(sdk_retryable(&head_err), sdk_failure(head_err)))
         }
-        Err(err) => Err(create_err(sdk_retryable(&err), err.into())),
+        Err(err) => Err(create_err(sdk_retryable(&err), sdk_failure(err))),
     }
 }
 

@@ -352,10 +352,16 @@ async fn access_denied_fails_only_its_child_execution_and_is_not_retried() {
     assert_eq!(failed[0]["Error"], "FleetMap.StorageError", "{failed:#?}");
     let cause = failed[0]["Cause"].as_str().unwrap();
     assert!(cause.contains(&denied_uri), "{cause}");
+    // …and says why: the store's status and error code, not the SDK's bare "service error".
+    assert!(
+        cause.contains("HTTP 403") && !cause.contains("service error"),
+        "{cause}"
+    );
 
-    // A permanent error is not retried: one request for the object, answered 403, and one
-    // attempt of the child execution.
-    assert_eq!(faults.denied, 1, "{faults:?}");
+    // A permanent error is not retried: the object is asked for twice in all — once by the
+    // coordinator reading its Parquet footer (for the Map context Index), once by the worker
+    // — each answered 403 once, and the child execution has one attempt.
+    assert_eq!(faults.denied, 2, "{faults:?}");
     assert!(
         faults.slow_down > 0 && faults.internal_error > 0,
         "{faults:?}"

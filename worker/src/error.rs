@@ -176,7 +176,7 @@ impl WorkerError {
             key: key.to_owned(),
             op,
             retryable: sdk_retryable(&err),
-            source: Box::new(err),
+            source: fleetmap_objstore::error::sdk_failure(err),
         }
     }
 }

@@ -237,26 +237,31 @@ fn external(e: WorkerError) -> ParquetError {
 pub(crate) fn from_store(e: ObjStoreError, op: &'static str) -> WorkerError {
     match e {
         ObjStoreError::NotFound { bucket, key } => WorkerError::ObjectNotFound { bucket, key },
+        // The object and the operation are named by the worker's error; keep only the
+        // store's own reason (status, code, message) as the source.
         ObjStoreError::Get {
-            ref bucket,
-            ref key,
-            ..
+            bucket,
+            key,
+            retryable,
+            source,
         }
         | ObjStoreError::Head {
-            ref bucket,
-            ref key,
-            ..
+            bucket,
+            key,
+            retryable,
+            source,
         }
         | ObjStoreError::Put {
-            ref bucket,
-            ref key,
-            ..
+            bucket,
+            key,
+            retryable,
+            source,
         } => WorkerError::Storage {
-            bucket: bucket.clone(),
-            key: key.clone(),
+            bucket,
+            key,
             op,
-            retryable: e.is_retryable(),
-            source: Box::new(e),
+            retryable,
+            source,
         },
         other => WorkerError::Storage {
             bucket: String::new(),

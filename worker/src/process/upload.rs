@@ -234,7 +234,7 @@ where
         bucket: t.bucket.clone(),
         key: t.key.clone(),
         retryable,
-        source: Box::new(err),
+        source: fleetmap_objstore::error::sdk_failure(err),
     }
 }
 
