@@ -184,14 +184,29 @@ impl From<CoordinatorError> for Failure {
     }
 }
 
+/// Parses a request body, naming the field at fault: serde_json alone reports `invalid
+/// value: integer -1, expected u32 at line 1 column 118`, which leaves the caller to count
+/// columns; with the path it reads `… at MaxConcurrency: invalid value …`.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            format!("request body is not valid: {e}"),
-        )
-    })
+    let invalid = |m: String| Failure(StatusCode::BAD_REQUEST, "InvalidRequest", m);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        let e = e.into_inner();
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "a valid request",
+            _ => "valid JSON",
+        };
+        invalid(format!("request body is not {what}{at}: {e}"))
+    })?;
+    de.end()
+        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -83,11 +83,31 @@ pub fn validate(spec: &RunSpec) -> Result<S3Uri, CoordinatorError> {
             "Label must be at most {MAX_LABEL_CHARS} printable characters, got {label:?}"
         ));
     }
+    // Refuse a source that can never be read now, with the field named, rather than
+    // accept the run and fail it later with States.ItemReaderFailed.
     match &spec.source {
         ItemSource::AthenaManifest { uri } | ItemSource::Prefix { uri } if uri.is_empty() => {
             return bad("the item source URI is empty".into());
         }
-        _ => {}
+        ItemSource::AthenaManifest { uri } => {
+            S3Uri::parse(uri).map_err(|e| {
+                CoordinatorError::InvalidRequest(format!("ItemReader Manifest: {e}"))
+            })?;
+        }
+        ItemSource::Prefix { uri } => {
+            S3Uri::parse_prefix(uri)
+                .map_err(|e| CoordinatorError::InvalidRequest(format!("ItemReader Prefix: {e}")))?;
+        }
+        ItemSource::Objects { uris } => {
+            if uris.is_empty() {
+                return bad("ItemReader Items is an empty list".into());
+            }
+            for (i, uri) in uris.iter().enumerate() {
+                S3Uri::parse(uri).map_err(|e| {
+                    CoordinatorError::InvalidRequest(format!("ItemReader Items[{i}]: {e}"))
+                })?;
+            }
+        }
     }
     let writer = match &spec.result_writer {
         Some(uri) => S3Uri::parse_prefix(uri)
