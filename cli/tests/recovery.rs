@@ -20,6 +20,7 @@ fn s3(env: &Env) -> aws_sdk_s3::Client {
         access_key_id: Some(env.var("AWS_ACCESS_KEY_ID")),
         secret_access_key: Some(env.var("AWS_SECRET_ACCESS_KEY")),
         force_path_style: true,
+        ca_bundle: None,
     };
     tokio::runtime::Runtime::new()
         .unwrap()

@@ -1,9 +1,10 @@
 //! How to reach an S3-protocol store, and the one place an `aws_sdk_s3::Client` is built.
 //!
 //! Every process (coordinator, worker, CLI, tests) goes through [`client`], so the retry
-//! policy, timeouts and path-style addressing are the same everywhere.
+//! policy, timeouts, path-style addressing and trusted CAs are the same everywhere.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
@@ -11,7 +12,13 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
+use aws_sdk_s3::config::SharedHttpClient;
 use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// Region used when neither the config nor the environment names one; S3-protocol servers
 /// other than AWS ignore it, but SigV4 signing needs some region.
@@ -49,6 +56,10 @@ pub struct S3Config {
     /// Address buckets as `endpoint/bucket/key` rather than `bucket.endpoint/key`; MinIO and
     /// the loopback server need this. Always applied when `endpoint` is set.
     pub force_path_style: bool,
+    /// PEM file of extra CA certificates to trust for HTTPS, on top of the system's roots: for
+    /// an endpoint whose certificate comes from a private CA. Env `AWS_CA_BUNDLE`, the name
+    /// the AWS CLI and other SDKs use (the Rust SDK itself does not read it).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Written by hand so the secret never reaches a log line.
@@ -63,13 +74,14 @@ impl fmt::Debug for S3Config {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("force_path_style", &self.force_path_style)
+            .field("ca_bundle", &self.ca_bundle)
             .finish()
     }
 }
 
 impl S3Config {
-    /// Reads `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY` from the process environment.
+    /// Reads `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+    /// and `AWS_CA_BUNDLE` from the process environment.
     pub fn from_env() -> S3Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -85,8 +97,27 @@ impl S3Config {
             region: get("AWS_REGION"),
             access_key_id: get("AWS_ACCESS_KEY_ID"),
             secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+            ca_bundle: get("AWS_CA_BUNDLE").map(PathBuf::from),
         }
     }
+}
+
+/// [`S3Config::ca_bundle`] names a file that is not a usable PEM bundle of CA certificates.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the CA bundle {path} (AWS_CA_BUNDLE): {reason}")]
+pub struct CaBundleError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Like [`client`], but a CA bundle that cannot be read or parsed is an error, so a process
+/// can refuse to start instead of failing every HTTPS call later.
+pub async fn try_client(cfg: &S3Config) -> Result<aws_sdk_s3::Client, CaBundleError> {
+    let http = match &cfg.ca_bundle {
+        Some(path) => Some(https_client_trusting(path)?),
+        None => None,
+    };
+    Ok(build(cfg, http).await)
 }
 
 /// Builds an S3 client from `cfg`.
@@ -108,7 +139,73 @@ impl S3Config {
 /// ones. The retry storm the quota guards against cannot build up here: calls in flight are
 /// bounded by prefetch, item concurrency and fetches per item, each backs off exponentially
 /// with jitter, and each gives up after [`MAX_ATTEMPTS`].
+///
+/// With [`S3Config::ca_bundle`] set, HTTPS endpoints may also present certificates from the
+/// CAs in that file. If it cannot be used, the error is logged and the client trusts the
+/// system's roots only, so calls to a privately certified endpoint fail their TLS handshake;
+/// [`try_client`] returns the error instead.
 pub async fn client(cfg: &S3Config) -> aws_sdk_s3::Client {
+    match try_client(cfg).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("{e}; trusting the system's root certificates only");
+            build(cfg, None).await
+        }
+    }
+}
+
+/// The SDK's default HTTPS client (hyper, rustls with aws-lc, proxies from the environment),
+/// trusting the CAs in the PEM file at `path` besides the system's roots. Only the trust
+/// store differs.
+fn https_client_trusting(path: &Path) -> Result<SharedHttpClient, CaBundleError> {
+    let err = |reason: String| CaBundleError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = read_ca_bundle(path).map_err(err)?;
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut conn = ConnectorBuilder::default()
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::AwsLc,
+                    ))
+                    .tls_context(context.clone());
+                conn.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    conn.set_sleep_impl(components.sleep_impl());
+                }
+                conn.set_proxy_config(Some(ProxyConfig::from_env()));
+                conn.build()
+            },
+        ),
+    )
+}
+
+/// Reads a PEM bundle and checks it the way the SDK's TLS setup will, which panics (at the
+/// first call) on a certificate it cannot parse or use as a trust anchor.
+fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".to_owned());
+    }
+    let mut store = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        store
+            .add(cert)
+            .map_err(|e| format!("certificate {} is not a usable CA: {e}", i + 1))?;
+    }
+    Ok(pem)
+}
+
+async fn build(cfg: &S3Config, http: Option<SharedHttpClient>) -> aws_sdk_s3::Client {
     let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::from_static(DEFAULT_REGION));
@@ -139,6 +236,10 @@ pub async fn client(cfg: &S3Config) -> aws_sdk_s3::Client {
     }
     if let Some(endpoint) = &cfg.endpoint {
         loader = loader.endpoint_url(endpoint.clone());
+    }
+    // Also used by the credential providers (STS, SSO, IMDS), as AWS_CA_BUNDLE is elsewhere.
+    if let Some(http) = http {
+        loader = loader.http_client(http);
     }
     let shared = loader.load().await;
 
@@ -185,6 +286,42 @@ mod tests {
         assert_eq!(cfg.region.as_deref(), Some("eu-west-1"));
         assert_eq!(cfg.access_key_id.as_deref(), Some("id"));
         assert_eq!(cfg.secret_access_key, None, "empty counts as unset");
+    }
+
+    #[test]
+    fn from_lookup_reads_the_ca_bundle() {
+        let cfg = S3Config::from_lookup(|name| {
+            (name == "AWS_CA_BUNDLE").then(|| "/etc/fleetmap/ca.pem".to_owned())
+        });
+        assert_eq!(cfg.ca_bundle, Some(PathBuf::from("/etc/fleetmap/ca.pem")));
+        assert!(format!("{cfg:?}").contains("/etc/fleetmap/ca.pem"));
+    }
+
+    #[tokio::test]
+    async fn unusable_ca_bundles_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not-a-ca.pem");
+        std::fs::write(&not_pem, "just some text\n").unwrap();
+        let bad_pem = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad_pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, why) in [
+            (dir.path().join("missing.pem"), "No such file"),
+            (not_pem, "no PEM certificate"),
+            (bad_pem, "not a usable CA"),
+        ] {
+            let cfg = S3Config {
+                endpoint: Some("https://127.0.0.1:9".into()),
+                ca_bundle: Some(path.clone()),
+                ..S3Config::default()
+            };
+            let err = try_client(&cfg).await.unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod local;
 pub mod ops;
 pub mod uri;
 
-pub use config::{S3Config, client};
+pub use config::{S3Config, client, try_client};
 pub use error::ObjStoreError;
 pub use ops::{
     ensure_bucket, get_bytes, get_range, head_size, list_keys, list_keys_paged, put_bytes,

@@ -102,6 +102,7 @@ impl LocalS3 {
             access_key_id: Some(LOCAL_ACCESS_KEY_ID.to_owned()),
             secret_access_key: Some(LOCAL_SECRET_ACCESS_KEY.to_owned()),
             force_path_style: true,
+            ca_bundle: None,
         }
     }
 

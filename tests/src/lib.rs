@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod faultproxy;
+pub mod tls;
 
 pub const DATA: &str = "fleetmap-data";
 pub const RESULTS: &str = "fleetmap-results";
@@ -43,6 +44,8 @@ pub struct Harness {
     pub s3: LocalS3,
     pub client: Client,
     pub topology: Topology,
+    /// What the coordinator, the workers and the cleanup connect to.
+    amqp_url: String,
     coordinator_stop: CancellationToken,
     coordinator: Option<Coordinator>,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -65,6 +68,30 @@ impl Harness {
         init_logs();
         let s3 = LocalS3::start().await.expect("start loopback S3 server");
         let client = s3.client().await;
+        Self::launch(s3, client, amqp_url(), workers, concurrency, open_limit).await
+    }
+
+    /// Like [`Harness::start`], but the coordinator and workers reach RabbitMQ at `amqp_url`
+    /// and `s3` through `client` (e.g. both through TLS proxies).
+    pub async fn start_on(
+        s3: LocalS3,
+        client: Client,
+        amqp_url: String,
+        workers: usize,
+        concurrency: usize,
+    ) -> Harness {
+        init_logs();
+        Self::launch(s3, client, amqp_url, workers, concurrency, 1_000).await
+    }
+
+    async fn launch(
+        s3: LocalS3,
+        client: Client,
+        amqp_url: String,
+        workers: usize,
+        concurrency: usize,
+        open_limit: usize,
+    ) -> Harness {
         for b in [DATA, RESULTS] {
             fleetmap_objstore::ensure_bucket(&client, b)
                 .await
@@ -74,7 +101,7 @@ impl Harness {
         let coordinator_stop = CancellationToken::new();
         let coordinator = Coordinator::start(
             CoordinatorConfig {
-                amqp_url: amqp_url(),
+                amqp_url: amqp_url.clone(),
                 topology: topology.clone(),
                 open_map_run_limit: open_limit,
                 state: None,
@@ -88,6 +115,7 @@ impl Harness {
             s3,
             client,
             topology,
+            amqp_url,
             coordinator_stop,
             coordinator: Some(coordinator),
             workers: Vec::new(),
@@ -100,7 +128,7 @@ impl Harness {
     }
 
     pub fn add_worker(&mut self, id: &str, concurrency: usize) {
-        let mut cfg = WorkerConfig::new(amqp_url(), self.topology.clone(), id);
+        let mut cfg = WorkerConfig::new(self.amqp_url.clone(), self.topology.clone(), id);
         cfg.concurrency = concurrency;
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -220,7 +248,7 @@ impl Harness {
             let _ = c.join().await;
         }
         if let Ok(conn) =
-            fleetmap_protocol::amqp::connect(&amqp_url(), "fleetmap-test-cleanup").await
+            fleetmap_protocol::amqp::connect(&self.amqp_url, "fleetmap-test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
             for q in [

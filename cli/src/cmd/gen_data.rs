@@ -96,7 +96,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("generator task")??
     } else {
-        let s3 = fleetmap_objstore::client(&args.s3.config()).await;
+        let s3 = fleetmap_objstore::try_client(&args.s3.config()).await?;
         fleetmap_objstore::ensure_bucket(&s3, &args.bucket).await?;
         fleetmap_sample::generate_to_s3(&s3, &args.bucket, &cfg).await?
     };
