@@ -5,20 +5,29 @@
 //! whatever the runs' credit windows allow, round-robin across open runs so a run of one
 //! item is not stuck behind a run of a million. Slow I/O (reading a manifest, writing
 //! results) runs in spawned tasks that report back as events, so the loop never waits on S3.
+//!
+//! Losing RabbitMQ does not end the loop. Every map run lives in memory here, not in the
+//! broker, so the loop drops the dead session ([`broker::Link`]), keeps answering the API and
+//! opens a new session with backoff. What the old session left uncertain is settled on the
+//! safe side: items published without a confirm are published again (an execution's outcome
+//! is applied once per attempt and its result keys are fixed, so a duplicate costs work, not
+//! correctness), and outcomes applied but not acked come back from the broker and are
+//! ignored as duplicates.
+
+mod broker;
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use fleetmap_objstore::S3Uri;
 use fleetmap_protocol::{InputType, ItemMessage, OutcomeMessage, Topology, amqp, errors};
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
-use tokio::sync::mpsc;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -36,10 +45,11 @@ use crate::run::{Applied, ExecState, MapRun, RunId, RunStatus, Tolerance};
 use crate::spec::{RunSpec, validate};
 use crate::state::{RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore};
 
+pub use broker::{AMQP_CONNECTED, AMQP_RECONNECTS};
+use broker::{Backoff, Link};
+
 /// Most items published between two confirm waits; bounds the loop's latency for outcomes.
 const PUBLISH_BATCH: usize = 1_000;
-/// Outcomes RabbitMQ may push before the coordinator acks; acks are cheap, so generous.
-const OUTCOME_PREFETCH: u16 = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -70,31 +80,23 @@ enum Event {
 /// The running coordinator: its handle and its task.
 pub struct Coordinator {
     handle: CoordinatorHandle,
-    task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+    task: JoinHandle<Result<(), CoordinatorError>>,
+    broker: watch::Receiver<bool>,
 }
 
 impl Coordinator {
     /// Connects to RabbitMQ, declares the topology and starts the event loop, which runs
-    /// until `shutdown` is cancelled.
+    /// until `shutdown` is cancelled. Only this first connection is fatal when it fails, so a
+    /// misconfigured coordinator stops at once while a running one rides out broker restarts.
     pub async fn start(
         cfg: CoordinatorConfig,
         s3: Client,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
-        let conn = amqp::connect(&cfg.amqp_url, "fleetmap-coordinator").await?;
-        let publish = channel(&conn, "open publish channel").await?;
-        cfg.topology.declare(&publish).await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp_err("enable publisher confirms"))?;
-        let consume = channel(&conn, "open consume channel").await?;
-        consume
-            .basic_qos(OUTCOME_PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(amqp_err("set outcome prefetch"))?;
-        let outcomes = consumer(&consume, &cfg.topology.outcomes_queue(), "outcomes").await?;
-        let dead = consumer(&consume, &cfg.topology.dead_items_queue(), "dead-items").await?;
+        let link = Link::open_within(&cfg.amqp_url, &cfg.topology).await?;
+        let (connected, broker) = watch::channel(true);
+        metrics::gauge!(AMQP_CONNECTED).set(1.0);
+        metrics::counter!(AMQP_RECONNECTS).increment(0);
 
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -109,7 +111,10 @@ impl Coordinator {
         let mut engine = Engine {
             topology: cfg.topology,
             s3,
-            publish,
+            amqp_url: cfg.amqp_url,
+            link: Some(link),
+            reconnect: Reconnect::default(),
+            connected,
             runs: HashMap::new(),
             created: Vec::new(),
             open: Vec::new(),
@@ -135,15 +140,22 @@ impl Coordinator {
             prefix = %engine.topology.prefix,
             "coordinator started"
         );
-        let task = tokio::spawn(engine.run(conn, rx, events_rx, outcomes, dead, shutdown));
+        let task = tokio::spawn(engine.run(rx, events_rx, shutdown));
         Ok(Coordinator {
             handle: CoordinatorHandle { tx },
             task,
+            broker,
         })
     }
 
     pub fn handle(&self) -> CoordinatorHandle {
         self.handle.clone()
+    }
+
+    /// Whether the coordinator holds a working RabbitMQ session (`false` while it
+    /// reconnects): what readiness should report. The API answers either way.
+    pub fn broker_connected(&self) -> watch::Receiver<bool> {
+        self.broker.clone()
     }
 
     /// Waits for the event loop to end (after shutdown) and returns how it ended.
@@ -157,19 +169,16 @@ fn amqp_err(what: &'static str) -> impl FnOnce(lapin::Error) -> CoordinatorError
     move |source| CoordinatorError::Amqp { what, source }
 }
 
-async fn channel(conn: &Connection, what: &'static str) -> Result<Channel, CoordinatorError> {
-    conn.create_channel().await.map_err(amqp_err(what))
-}
-
-async fn consumer(ch: &Channel, queue: &str, tag: &str) -> Result<Consumer, CoordinatorError> {
-    ch.basic_consume(
-        ShortString::from(queue.to_owned()),
-        ShortString::from(format!("fleetmap-coordinator-{tag}")),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
+/// Errors that mean the broker session is unusable (as opposed to a bad item or request):
+/// the loop answers them by reconnecting.
+fn is_session_error(e: &CoordinatorError) -> bool {
+    matches!(
+        e,
+        CoordinatorError::Amqp { .. }
+            | CoordinatorError::ConsumerEnded { .. }
+            | CoordinatorError::Connect(_)
+            | CoordinatorError::Topology(_)
     )
-    .await
-    .map_err(amqp_err("consume"))
 }
 
 fn now_ms() -> i64 {
@@ -193,10 +202,57 @@ struct Entry {
     open_order: Option<u64>,
 }
 
+/// Where the loop stands with the broker while it has no session.
+#[derive(Default)]
+struct Reconnect {
+    /// Attempts made since the session was lost; drives the backoff.
+    attempt: u32,
+    lost_at: Option<Instant>,
+    /// When the next attempt starts (none is running).
+    next_at: Option<tokio::time::Instant>,
+    /// The attempt in progress, in its own task so the loop keeps serving the API.
+    task: Option<JoinHandle<Result<Box<Link>, CoordinatorError>>>,
+}
+
+/// What woke the loop on the broker's side.
+enum BrokerWake {
+    Outcome(Option<Result<lapin::message::Delivery, lapin::Error>>),
+    Dead(Option<Result<lapin::message::Delivery, lapin::Error>>),
+    AttemptDue,
+    /// A connection attempt ended; `None` if its task died.
+    Attempted(Option<Result<Box<Link>, CoordinatorError>>),
+}
+
+/// Waits for a delivery while connected, or for the next step of reconnecting while not.
+/// Cancel-safe: dropping it mid-wait loses nothing (an unfinished attempt stays in `rc`).
+async fn broker_wake(link: &mut Option<Link>, rc: &mut Reconnect) -> BrokerWake {
+    if let Some(l) = link {
+        return tokio::select! {
+            d = l.outcomes.next() => BrokerWake::Outcome(d),
+            d = l.dead.next() => BrokerWake::Dead(d),
+        };
+    }
+    if let Some(task) = rc.task.as_mut() {
+        let r = task.await.ok();
+        rc.task = None;
+        return BrokerWake::Attempted(r);
+    }
+    match rc.next_at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+    BrokerWake::AttemptDue
+}
+
 struct Engine {
     topology: Topology,
     s3: Client,
-    publish: Channel,
+    amqp_url: String,
+    /// The broker session; `None` while reconnecting.
+    link: Option<Link>,
+    reconnect: Reconnect,
+    /// Mirrors `link.is_some()` for readiness.
+    connected: watch::Sender<bool>,
     runs: HashMap<RunId, Entry>,
     /// Creation order, for listing.
     created: Vec<RunId>,
@@ -205,7 +261,8 @@ struct Engine {
     rr: usize,
     admission: AdmissionControl,
     events_tx: mpsc::UnboundedSender<Event>,
-    /// Items whose publish was nacked or returned: sent again before anything new.
+    /// Items published but not confirmed — nacked, or sent on a session that died before
+    /// confirming them, so possibly lost: sent again, same attempt, before anything new.
     republish: VecDeque<(RunId, u32, u32)>,
     opened: u64,
     runs_finished: u64,
@@ -370,16 +427,18 @@ impl Engine {
     }
     async fn run(
         mut self,
-        conn: Connection,
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
-        mut outcomes: Consumer,
-        mut dead: Consumer,
         shutdown: CancellationToken,
     ) -> Result<(), CoordinatorError> {
         let result = loop {
-            if let Err(e) = self.dispatch().await {
-                break Err(e);
+            if self.link.is_some()
+                && let Err(e) = self.dispatch().await
+            {
+                if !is_session_error(&e) {
+                    break Err(e);
+                }
+                self.session_lost(e);
             }
             let checkpoint_in = self.checkpoint(false).await;
             let checkpoint_timer = async {
@@ -388,51 +447,161 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
-            // Wake for the earliest Retry that falls due, if any.
-            let next_due = self
-                .open
-                .iter()
-                .filter_map(|id| self.runs.get(id)?.run.next_due())
-                .min();
+            // Wake for the earliest Retry that falls due, if any — only with a session to
+            // publish it on; without one a due retry would wake the loop over and over.
+            let next_due = match self.link {
+                Some(_) => self
+                    .open
+                    .iter()
+                    .filter_map(|id| self.runs.get(id)?.run.next_due())
+                    .min(),
+                None => None,
+            };
             let retry_timer = async {
                 match next_due {
                     Some(due) => {
                         let wait = (due - now_ms()).max(0) as u64;
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                        tokio::time::sleep(Duration::from_millis(wait)).await
                     }
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let broker = broker_wake(&mut self.link, &mut self.reconnect);
+            let wake = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => {
+                        self.command(cmd);
+                        continue;
+                    }
                     None => break Ok(()),
                 },
-                Some(ev) = events.recv() => self.event(ev),
-                d = outcomes.next() => match d {
-                    Some(Ok(d)) => self.outcome(d).await,
-                    Some(Err(e)) => break Err(CoordinatorError::Amqp { what: "consume outcomes", source: e }),
-                    None => break Err(CoordinatorError::Stopped),
-                },
-                d = dead.next() => match d {
-                    Some(Ok(d)) => self.dead_item(d).await,
-                    Some(Err(e)) => break Err(CoordinatorError::Amqp { what: "consume dead items", source: e }),
-                    None => break Err(CoordinatorError::Stopped),
-                },
-                _ = retry_timer => {}
-                _ = checkpoint_timer => {}
+                Some(ev) = events.recv() => {
+                    self.event(ev);
+                    continue;
+                }
+                b = broker => b,
+                _ = retry_timer => continue,
+                _ = checkpoint_timer => continue,
+            };
+            match wake {
+                BrokerWake::Outcome(Some(Ok(d))) => self.outcome(d).await,
+                BrokerWake::Dead(Some(Ok(d))) => self.dead_item(d).await,
+                BrokerWake::Outcome(Some(Err(source))) => {
+                    self.session_lost(CoordinatorError::Amqp {
+                        what: "consume outcomes",
+                        source,
+                    })
+                }
+                BrokerWake::Dead(Some(Err(source))) => self.session_lost(CoordinatorError::Amqp {
+                    what: "consume dead-lettered items",
+                    source,
+                }),
+                BrokerWake::Outcome(None) => self.session_lost(CoordinatorError::ConsumerEnded {
+                    queue: self.topology.outcomes_queue(),
+                }),
+                BrokerWake::Dead(None) => self.session_lost(CoordinatorError::ConsumerEnded {
+                    queue: self.topology.dead_items_queue(),
+                }),
+                BrokerWake::AttemptDue => self.start_attempt(),
+                BrokerWake::Attempted(Some(Ok(link))) => self.session_restored(*link),
+                BrokerWake::Attempted(Some(Err(e))) => self.attempt_failed(Some(e)),
+                BrokerWake::Attempted(None) => self.attempt_failed(None),
             }
         };
+        if let Some(task) = self.reconnect.task.take() {
+            task.abort();
+        }
         // Whatever was applied is saved before the connection (and its unacked
         // deliveries) goes away.
         self.checkpoint(true).await;
         if let Err(e) = &result {
             warn!(error = %e, "coordinator event loop stopped");
         }
-        let _ = conn.close(200, "coordinator shutting down".into()).await;
+        if let Some(link) = self.link.take() {
+            let closing = link.conn.close(200, "coordinator shutting down".into());
+            let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+        }
+        self.connected.send_replace(false);
         info!("coordinator stopped");
         result
+    }
+
+    /// Drops a broken session and schedules the first reconnect attempt. Every map run stays
+    /// as it is; only what belonged to the session is let go.
+    fn session_lost(&mut self, error: CoordinatorError) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        link.close_in_background("coordinator reconnecting");
+        // These deliveries' channel is gone, so they cannot be acked any more; the broker
+        // redelivers them, and applying them again changes nothing. Their effects stay in
+        // memory and reach the next checkpoint as usual.
+        let dropped_acks = self.unacked.len();
+        self.unacked.clear();
+        self.connected.send_replace(false);
+        metrics::gauge!(AMQP_CONNECTED).set(0.0);
+        let wait = Backoff::COORDINATOR.delay_now(0);
+        self.reconnect = Reconnect {
+            attempt: 0,
+            lost_at: Some(Instant::now()),
+            next_at: Some(tokio::time::Instant::now() + wait),
+            task: None,
+        };
+        warn!(
+            error = %error,
+            url = %amqp::redact_url(&self.amqp_url),
+            unconfirmed_items = self.republish.len(),
+            unacked_outcomes = dropped_acks,
+            retry_in = ?wait,
+            "lost the RabbitMQ session; keeping every map run and reconnecting"
+        );
+    }
+
+    fn start_attempt(&mut self) {
+        self.reconnect.next_at = None;
+        self.reconnect.attempt += 1;
+        info!(
+            attempt = self.reconnect.attempt,
+            url = %amqp::redact_url(&self.amqp_url),
+            "reconnecting to RabbitMQ"
+        );
+        let url = self.amqp_url.clone();
+        let topology = self.topology.clone();
+        self.reconnect.task = Some(tokio::spawn(async move {
+            Link::open_within(&url, &topology).await.map(Box::new)
+        }));
+    }
+
+    fn attempt_failed(&mut self, error: Option<CoordinatorError>) {
+        let wait = Backoff::COORDINATOR.delay_now(self.reconnect.attempt);
+        self.reconnect.next_at = Some(tokio::time::Instant::now() + wait);
+        let error = error.map_or_else(|| "the attempt's task died".to_owned(), |e| e.to_string());
+        warn!(
+            attempt = self.reconnect.attempt,
+            url = %amqp::redact_url(&self.amqp_url),
+            error = %error,
+            retry_in = ?wait,
+            "RabbitMQ reconnect attempt failed"
+        );
+    }
+
+    /// A new session is up with the topology declared. Items the old one left unconfirmed
+    /// are already queued in `republish`; the next dispatch sends them first.
+    fn session_restored(&mut self, link: Link) {
+        self.link = Some(link);
+        self.connected.send_replace(true);
+        metrics::gauge!(AMQP_CONNECTED).set(1.0);
+        metrics::counter!(AMQP_RECONNECTS).increment(1);
+        let down = self.reconnect.lost_at.map(|t| t.elapsed());
+        info!(
+            attempts = self.reconnect.attempt,
+            down_for = ?down,
+            url = %amqp::redact_url(&self.amqp_url),
+            republish = self.republish.len(),
+            "reconnected to RabbitMQ; topology declared, consumers restarted"
+        );
+        self.reconnect = Reconnect::default();
     }
 
     fn command(&mut self, cmd: Command) {
@@ -761,12 +930,74 @@ impl Engine {
     }
 
     /// Publishes what the credit windows allow, then waits for the broker's confirms.
+    /// An item leaves `republish` (or its run's pending set) only once the broker confirms
+    /// it; if the session dies first, every item it had not confirmed is queued in
+    /// `republish` again and the session error is returned.
     async fn dispatch(&mut self) -> Result<(), CoordinatorError> {
-        let now = now_ms();
+        let Some(publish) = self.link.as_ref().map(|l| l.publish.clone()) else {
+            return Ok(());
+        };
         let mut pending = Vec::new();
+        let sent = self.publish_due(&publish, &mut pending).await;
+        if !pending.is_empty() {
+            self.dirty = true;
+        }
+        if let Err(e) = sent {
+            // Confirms still outstanding on a failed channel will never be trustworthy:
+            // treat them all as lost.
+            self.republish.extend(
+                pending
+                    .into_iter()
+                    .map(|(id, exec, attempt, _)| (id, exec, attempt)),
+            );
+            return Err(e);
+        }
+        let mut lost = None;
+        for (id, exec, attempt, confirm) in pending {
+            match confirm.await {
+                Ok(c) if c.is_ack() => {}
+                Ok(_) => {
+                    warn!(run = %id, execution = exec, "item publish not confirmed; publishing again");
+                    self.republish.push_back((id, exec, attempt));
+                }
+                Err(source) => {
+                    debug!(run = %id, execution = exec, error = %source, "item publish unconfirmed when the session died");
+                    self.republish.push_back((id, exec, attempt));
+                    lost.get_or_insert(CoordinatorError::Amqp {
+                        what: "confirm item",
+                        source,
+                    });
+                }
+            }
+        }
+        lost.map_or(Ok(()), Err)
+    }
+
+    /// Publishes `republish` first, then new executions round-robin, collecting confirms in
+    /// `pending`. On a failed publish the item in hand goes back to `republish`.
+    async fn publish_due(
+        &mut self,
+        publish: &Channel,
+        pending: &mut Vec<(RunId, u32, u32, lapin::PublisherConfirm)>,
+    ) -> Result<(), CoordinatorError> {
+        let now = now_ms();
         while let Some((id, exec, attempt)) = self.republish.pop_front() {
-            if let Some(c) = self.publish_item(&id, exec, attempt).await? {
-                pending.push((id, exec, attempt, c));
+            // Skip what moved on meanwhile (an outcome arrived, the run was aborted): the
+            // worker's answer for this attempt would be ignored anyway.
+            let current = self.runs.get(&id).is_some_and(|e| {
+                e.run.state(exec) == Some(ExecState::Running)
+                    && e.run.attempt(exec) == Some(attempt)
+            });
+            if !current {
+                continue;
+            }
+            match self.publish_item(publish, &id, exec, attempt).await {
+                Ok(Some(c)) => pending.push((id, exec, attempt, c)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.republish.push_front((id, exec, attempt));
+                    return Err(e);
+                }
             }
         }
         'passes: while pending.len() < PUBLISH_BATCH && !self.open.is_empty() {
@@ -784,8 +1015,14 @@ impl Engine {
                     continue;
                 };
                 progressed = true;
-                if let Some(c) = self.publish_item(&id, exec, attempt).await? {
-                    pending.push((id, exec, attempt, c));
+                match self.publish_item(publish, &id, exec, attempt).await {
+                    Ok(Some(c)) => pending.push((id, exec, attempt, c)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Marked running by `next_dispatch`: it must go out again.
+                        self.republish.push_back((id, exec, attempt));
+                        return Err(e);
+                    }
                 }
                 if pending.len() >= PUBLISH_BATCH {
                     break 'passes;
@@ -795,21 +1032,12 @@ impl Engine {
                 break;
             }
         }
-        if !pending.is_empty() {
-            self.dirty = true;
-        }
-        for (id, exec, attempt, confirm) in pending {
-            let ok = confirm.await.map(|c| c.is_ack()).unwrap_or(false);
-            if !ok {
-                warn!(run = %id, execution = exec, "item publish not confirmed; publishing again");
-                self.republish.push_back((id, exec, attempt));
-            }
-        }
         Ok(())
     }
 
     async fn publish_item(
         &mut self,
+        publish: &Channel,
         id: &RunId,
         execution: u32,
         attempt: u32,
@@ -841,8 +1069,7 @@ impl Engine {
             .with_delivery_mode(2)
             .with_content_type("application/x-fleetmap".into())
             .with_message_id(ShortString::from(format!("{id}/{execution}/{attempt}")));
-        let confirm = self
-            .publish
+        let confirm = publish
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(self.topology.items_queue()),
@@ -1029,4 +1256,129 @@ fn child_view(e: &Entry, execution: u32, with_history: bool) -> Option<ChildExec
         cause: rec.and_then(|r| r.cause.clone()),
         history: with_history.then(|| run.history(execution).to_vec()),
     })
+}
+
+/// What the reconnect path relies on from the run state machine: an item published again
+/// after a lost session (same execution, same attempt) may be answered twice, and its
+/// outcomes or dead letter may arrive again — each changes the run at most once.
+#[cfg(test)]
+mod tests {
+    use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage, errors};
+
+    use crate::retry::{JitterStrategy, Retrier};
+    use crate::run::{Applied, ChildSpec, MapRun, RunId, Tolerance};
+
+    fn run(children: u32, max_concurrency: u32, retry: Vec<Retrier>) -> MapRun {
+        let mut r = MapRun::new(
+            RunId("r".into()),
+            None,
+            max_concurrency,
+            Tolerance::default(),
+            0,
+        )
+        .with_retry(retry);
+        let child = |i: u32| ChildSpec {
+            bucket: "data".into(),
+            key: format!("f{i}"),
+            row_groups: None,
+            first_index: u64::from(i) * 24,
+            items: Some(24),
+        };
+        r.set_children((0..children).map(child).collect(), 0);
+        r.open(0);
+        r
+    }
+
+    fn outcome(execution: u32, attempt: u32, worker: &str, ok: bool) -> OutcomeMessage {
+        OutcomeMessage {
+            run_id: "r".into(),
+            execution,
+            attempt,
+            worker_id: worker.into(),
+            started_ms: 1,
+            finished_ms: 2,
+            bytes_read: 100,
+            status: if ok {
+                ItemStatus::Succeeded {
+                    readings: 24,
+                    anomalies: AnomalyCounts::default(),
+                    devices: Vec::new(),
+                    devices_truncated: false,
+                    result_key: format!("analytics/r/{execution}.json"),
+                }
+            } else {
+                ItemStatus::Failed {
+                    error: errors::OBJECT_NOT_FOUND.into(),
+                    cause: "gone".into(),
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn republished_item_answered_twice_counts_once_and_frees_one_credit() {
+        let mut r = run(3, 1, Vec::new());
+        assert_eq!(r.next_dispatch(1), Some((0, 1)));
+        // The session died before the confirm: (0, 1) goes out again and both copies run.
+        assert_eq!(
+            r.apply_outcome(&outcome(0, 1, "w1", true), 2),
+            Applied::Recorded
+        );
+        assert!(matches!(
+            r.apply_outcome(&outcome(0, 1, "w2", true), 3),
+            Applied::Ignored(_)
+        ));
+        // The first outcome's ack was lost with the session too: redelivered, ignored.
+        assert!(matches!(
+            r.apply_outcome(&outcome(0, 1, "w1", true), 4),
+            Applied::Ignored(_)
+        ));
+        // A copy that crashed its workers and was dead-lettered changes nothing either.
+        assert!(matches!(
+            r.apply_failure(0, 1, errors::RUNTIME, "dead".into(), 5),
+            Applied::Ignored(_)
+        ));
+        let c = r.counts();
+        assert_eq!((c.succeeded, c.running, c.pending, c.failed), (1, 0, 2, 0));
+        assert_eq!(r.readings, 24);
+        assert_eq!(r.executions_by_worker.values().sum::<u64>(), 1);
+        // Exactly one credit came back: one more execution goes out, not two.
+        assert_eq!(r.next_dispatch(6), Some((1, 1)));
+        assert_eq!(r.next_dispatch(6), None);
+    }
+
+    #[test]
+    fn duplicate_failure_does_not_schedule_a_second_retry() {
+        let retry = vec![Retrier {
+            error_equals: vec!["States.ALL".into()],
+            interval_seconds: 1.0,
+            max_attempts: 3,
+            backoff_rate: 2.0,
+            max_delay_seconds: None,
+            jitter_strategy: JitterStrategy::None,
+        }];
+        let mut r = run(1, 1, retry);
+        assert_eq!(r.next_dispatch(0), Some((0, 1)));
+        assert_eq!(
+            r.apply_outcome(&outcome(0, 1, "w1", false), 100),
+            Applied::RetryScheduled { due_ms: 1100 }
+        );
+        assert!(matches!(
+            r.apply_outcome(&outcome(0, 1, "w2", false), 150),
+            Applied::Ignored(_)
+        ));
+        assert_eq!(r.next_due(), Some(1100));
+        assert_eq!(r.next_dispatch(1100), Some((0, 2)));
+        // A late success of the republished first attempt is stale now.
+        assert!(matches!(
+            r.apply_outcome(&outcome(0, 1, "w2", true), 1200),
+            Applied::Ignored(_)
+        ));
+        assert_eq!(
+            r.apply_outcome(&outcome(0, 2, "w1", true), 1300),
+            Applied::Recorded
+        );
+        assert!(r.settle(1400));
+        assert_eq!((r.counts().succeeded, r.readings), (1, 24));
+    }
 }

@@ -16,6 +16,10 @@ pub enum CoordinatorError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker cancelled one of the coordinator's consumers (the queue was deleted, or
+    /// the node is going down): the session is treated as lost.
+    #[error("RabbitMQ ended the coordinator's consumer of {queue}")]
+    ConsumerEnded { queue: String },
     #[error("encoding an item of run {run}: {source}")]
     Encode {
         run: String,
@@ -44,6 +48,7 @@ impl CoordinatorError {
             self,
             CoordinatorError::Connect(_)
                 | CoordinatorError::Amqp { .. }
+                | CoordinatorError::ConsumerEnded { .. }
                 | CoordinatorError::Topology(_)
                 | CoordinatorError::Stopped
         )

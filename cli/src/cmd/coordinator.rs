@@ -47,7 +47,6 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     };
     let shutdown = shutdown_on_signals();
     let metrics = ops::install_metrics()?;
-    let ready = ops::Ready::default();
     let s3 = fleetmap_objstore::try_client(&args.s3.config()).await?;
     let coordinator = Coordinator::start(
         CoordinatorConfig {
@@ -60,6 +59,12 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
+    // Ready only while connected to RabbitMQ: a coordinator riding out a broker restart
+    // still answers the API, but dispatches nothing and must not count for a rollout.
+    let ready = {
+        let connected = coordinator.broker_connected();
+        ops::Ready::with_probe(move || *connected.borrow())
+    };
     let token = args.api_token.filter(|t| !t.is_empty());
     if token.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "the API has no bearer token and listens beyond loopback; set FLEETMAP_API_TOKEN");
