@@ -47,6 +47,13 @@ fn start_update_abort_redrive_through_the_cli() {
         "cli-test",
     ]);
     let run = started["mapRunId"].as_str().unwrap().to_owned();
+    // Wait until the item reader has planned the child executions (it reads every Parquet
+    // footer first), so abort has pending executions to abort.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.json(&["describe", &run])["executionCounts"]["total"] != 5 {
+        assert!(std::time::Instant::now() < deadline, "items never read");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let d = env.json(&[
         "update",
         &run,
