@@ -45,9 +45,11 @@ out = ["| bench | what | fleetmap | reference | ratio | target |",
 
 def line(bench, what, ours, theirs, ref_name, target, unit="/s"):
     (a, na), (b, nb) = ours, theirs
+    if not na and not nb:
+        return
     ratio = f"{a / b:.2f}×" if a and b else "—"
-    out.append(f"| {bench} | {what} | {fmt(a, unit)} (n={na}) | {ref_name} {fmt(b, unit)} (n={nb}) "
-               f"| {ratio} | {target} |")
+    ref = f"{ref_name} {fmt(b, unit)} (n={nb})" if ref_name else "—"
+    out.append(f"| {bench} | {what} | {fmt(a, unit)} (n={na}) | {ref} | {ratio} | {target} |")
 
 
 line("B1", "readings/s, 1 core", rate("B1", "fleetmap"), rate("B1", "duckdb"),
@@ -63,9 +65,38 @@ for size, tgt_r, tgt_e in (("large", "≥ 3×", "—"), ("tiny", "—", "≥ 10�
     line(b, "readings/s, e2e", rate(b, "fleetmap"), rate(b, "celery"), "Celery+pyarrow", tgt_r)
     line(b, "child executions/s", rate(b, "fleetmap", "executions"),
          rate(b, "celery", "executions"), "Celery+pyarrow", tgt_e)
-for tool in ("fleetmap",):
-    for name in ("B5-2GB", "B5-20MB"):
-        v, n = med(name, tool, "max_rss_mib")
+for sfx, what in (("", "in memory"), ("-ckpt", "with --state-uri")):
+    sizes = sorted({int(b.split("-")[2]) for (b, _) in runs
+                    if b.startswith("B4-throughput-") and b.endswith(sfx or "0")}, reverse=True)
+    for n in sizes:
+        b = f"B4-throughput-{n}{sfx}"
+        line(b, f"child executions/s, {n:,} no-op items, coordinator {what}",
+             rate(b, "fleetmap", "executions"), (None, 0), "", "≥ 5,000/s")
+    b = f"B4-first{sfx}"
+    for field, span in (("first_start_ms", "run start → first child execution started"),
+                        ("client_first_start_ms", "StartMapRun sent → first started")):
+        v, n = med(b, "fleetmap", field)
         if n:
-            out.append(f"| {name} | worker peak RSS | {v:.0f} MiB (n={n}) | — | — | ≤ 256 MiB |")
+            out.append(f"| {b} | {span}, 100 items, coordinator {what} "
+                       f"| {v:.0f} ms (n={n}) | — | — | < 100 ms |")
+for name in ("B5-2gb", "B5-20mb"):
+    v, n = med(name, "fleetmap", "max_rss_mib")
+    size, _ = med(name, "fleetmap", "file_bytes")
+    if n:
+        out.append(f"| {name} | worker peak RSS, {size / 2**20:.0f} MiB file | {v:.0f} MiB (n={n}) "
+                   f"| — | — | ≤ 256 MiB |")
+for name, field, what, target in (
+        ("B5-coord-runs", "bytes_per_open_run_incl_items", "coordinator bytes per open run",
+         "≤ 16 KiB"),
+        ("B5-coord-items", "bytes_per_open_item", "coordinator bytes per pending item",
+         "≤ 64 B"),
+        ("B5-coord-items", "bytes_per_backlog_run", "coordinator bytes per backlogged run",
+         "(info)")):
+    v, n = med(name, "fleetmap", field)
+    if n:
+        r = runs[(name, "fleetmap")][0]
+        scale = f"{r['open_runs']:,} open runs × {r['items_per_run']:,} items"
+        if field == "bytes_per_backlog_run":
+            scale = f"{r['backlog_runs']:,} backlogged runs"
+        out.append(f"| {name} | {what} ({scale}) | {v:,.0f} B (n={n}) | — | — | {target} |")
 print("\n".join(out))

@@ -1,15 +1,19 @@
-//! Benchmark driver for B1 and B2: the worker's own data path (projection, decoding, kernel,
+//! Benchmark driver. B1 and B2: the worker's own data path (projection, decoding, kernel,
 //! encoder) over local Parquet files, on the calling thread only, so `taskset -c 0` pins
-//! the whole measurement to one core.
+//! the whole measurement to one core. B4: a no-op worker ([`noop`]) that answers items
+//! without touching S3, so a real coordinator's control plane can be timed alone.
 //!
 //! ```text
 //! fleetmap-bench b1 FILE...          decode + per-device, per-type anomaly summary
 //! fleetmap-bench b2 OUT FILE...      one JSON analytics record per reading into OUT
+//! fleetmap-bench noop-worker [...]   B4: succeed every item at once (see noop.rs)
 //! ```
 //!
-//! Each prints one JSON line: `seconds` (the work alone, process start-up excluded, as the
-//! DuckDB and pyarrow drivers measure theirs), `readings` and a result checksum that
+//! b1 and b2 print one JSON line: `seconds` (the work alone, process start-up excluded, as
+//! the DuckDB and pyarrow drivers measure theirs), `readings` and a result checksum that
 //! `bench/run.sh` compares across tools.
+
+mod noop;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,7 +36,11 @@ fn main() {
         Some("b1") => b1(&args[1..]),
         Some("b1-records") => b1_records(&args[1..]),
         Some("b2") if args.len() >= 2 => b2(&args[1], &args[2..]),
-        _ => Err("usage: fleetmap-bench b1 FILE... | b2 OUT FILE...".into()),
+        Some("noop-worker") => noop::main(&args[1..]),
+        _ => Err(
+            "usage: fleetmap-bench b1 FILE... | b2 OUT FILE... | noop-worker [--queue-prefix P]"
+                .into(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("fleetmap-bench: {e}");
@@ -192,7 +200,7 @@ fn flush(into: &mut HashMap<String, [u64; 4]>, id: &str, c: [u64; 4]) {
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat`: on a
 /// machine shared with other work, the per-core figure that wall time cannot give.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
