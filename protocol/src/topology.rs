@@ -10,7 +10,10 @@
 //! {p}.outcomes  quorum
 //! ```
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -64,6 +67,27 @@ impl Topology {
 
     pub fn dead_items_queue(&self) -> String {
         format!("{}.items.dead", self.prefix)
+    }
+
+    /// Deletes the queues and the dead-letter exchange, ignoring failures: for tests and
+    /// load tests that own a prefix and clean up after themselves, where a queue already
+    /// gone is not an error.
+    pub async fn delete(&self, channel: &Channel) {
+        for q in [
+            self.items_queue(),
+            self.outcomes_queue(),
+            self.dead_items_queue(),
+        ] {
+            let _ = channel
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                self.dead_letter_exchange().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
     }
 
     /// Declares every exchange, queue and binding; idempotent.

@@ -16,7 +16,6 @@ use fleetmap_objstore::local::LocalS3;
 use fleetmap_protocol::{ResultTarget, Topology};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -251,21 +250,7 @@ impl Harness {
             fleetmap_protocol::amqp::connect(&self.amqp_url, "fleetmap-test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            for q in [
-                self.topology.items_queue(),
-                self.topology.outcomes_queue(),
-                self.topology.dead_items_queue(),
-            ] {
-                let _ = ch
-                    .queue_delete(q.into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let _ = ch
-                .exchange_delete(
-                    self.topology.dead_letter_exchange().into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
+            self.topology.delete(&ch).await;
             let _ = conn.close(200, "done".into()).await;
         }
         self.s3.shutdown().await;

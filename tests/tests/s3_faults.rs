@@ -25,7 +25,6 @@ use fleetmap_tests::faultproxy::{FaultProxy, Faults};
 use fleetmap_tests::{DATA, Harness, RESULTS, RESULTS_PREFIX, amqp_url, init_logs, oracle};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -174,19 +173,7 @@ impl Fleet {
             fleetmap_protocol::amqp::connect(&amqp_url(), "fleetmap-test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            for q in [
-                self.topology.items_queue(),
-                self.topology.outcomes_queue(),
-                self.topology.dead_items_queue(),
-            ] {
-                let _ = ch
-                    .queue_delete(q.into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let dlx = self.topology.dead_letter_exchange();
-            let _ = ch
-                .exchange_delete(dlx.into(), ExchangeDeleteOptions::default())
-                .await;
+            self.topology.delete(&ch).await;
             let _ = conn.close(200, "done".into()).await;
         }
         drop(self.proxy);

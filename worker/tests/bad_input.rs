@@ -19,10 +19,7 @@ use fleetmap_protocol::{
 };
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel};
 use parquet::arrow::ArrowWriter;
@@ -280,21 +277,7 @@ async fn undecodable_items_are_dead_lettered_and_the_worker_consumes_on() {
 
     stop.cancel();
     let _ = tokio::time::timeout(WAIT, worker).await;
-    for q in [
-        topology.items_queue(),
-        topology.outcomes_queue(),
-        topology.dead_items_queue(),
-    ] {
-        let _ = ch
-            .queue_delete(q.into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = ch
-        .exchange_delete(
-            topology.dead_letter_exchange().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
+    topology.delete(&ch).await;
     let _ = conn.close(200, "done".into()).await;
     s3.shutdown().await;
     if let Err(e) = result {

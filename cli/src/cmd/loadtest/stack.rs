@@ -8,7 +8,6 @@ use fleetmap_objstore::local::LocalS3;
 use fleetmap_protocol::{Topology, amqp};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -110,21 +109,7 @@ pub async fn delete_queues(amqp_url: &str, topology: &Topology) {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        for q in [
-            topology.items_queue(),
-            topology.outcomes_queue(),
-            topology.dead_items_queue(),
-        ] {
-            let _ = ch
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                topology.dead_letter_exchange().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        topology.delete(&ch).await;
         // Closing the channel first keeps lapin from logging an error about it.
         let _ = ch.close(200, "load test done".into()).await;
     }
