@@ -100,11 +100,11 @@ impl Coordinator {
 
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let store = cfg
+        let mut store = cfg
             .state
             .as_ref()
             .map(|uri| StateStore::new(s3.clone(), uri));
-        let snapshot = match &store {
+        let snapshot = match &mut store {
             Some(st) => st.load().await?,
             None => None,
         };
@@ -338,7 +338,7 @@ impl Engine {
     /// Writes a checkpoint when one is due, then acks what it covers and sends the replies
     /// that waited for it. Returns when the next one is due, if changes are waiting.
     async fn checkpoint(&mut self, force: bool) -> Option<std::time::Duration> {
-        let Some(store) = &self.store else {
+        let Some(store) = &mut self.store else {
             return None;
         };
         if !self.dirty {
@@ -352,9 +352,11 @@ impl Engine {
         if !due {
             return Some(CHECKPOINT_EVERY - since);
         }
+        let generation = store.next_generation();
         let body = {
             let snap = SnapshotRef {
                 version: STATE_VERSION,
+                generation,
                 saved_ms: now_ms(),
                 runs: self
                     .created
@@ -385,7 +387,7 @@ impl Engine {
                 return Some(CHECKPOINT_EVERY);
             }
         };
-        if let Err(e) = store.save(body).await {
+        if let Err(e) = store.save(generation, body).await {
             warn!(error = %e, "checkpoint failed; outcomes stay unacked until one succeeds");
             self.last_save = std::time::Instant::now();
             return Some(std::time::Duration::from_millis(500));

@@ -91,6 +91,27 @@ impl ObjStoreError {
             | ObjStoreError::LocalServer { .. } => false,
         }
     }
+
+    /// Whether a GET read a body that does not match the checksum the store recorded for the
+    /// object: the object is torn (content and checksum written by different PUTs), not
+    /// merely unreachable. Callers that keep more than one copy can fall back to another;
+    /// a broken connection or a 5xx is *not* this, and must not be mistaken for it.
+    pub fn is_checksum_mismatch(&self) -> bool {
+        let ObjStoreError::Get { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if matches!(
+                e.downcast_ref::<aws_smithy_checksums::body::validate::Error>(),
+                Some(aws_smithy_checksums::body::validate::Error::ChecksumMismatch { .. })
+            ) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
 
 /// S3 error codes that mean "slow down / try later" even when the status is not 5xx.

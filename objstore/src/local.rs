@@ -150,7 +150,26 @@ async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationTo
                 continue;
             }
         };
+        // Small requests (a footer read, a checkpoint) otherwise wait out the client's delayed
+        // ACK behind Nagle's algorithm, ~40 ms each on Linux loopback.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "local S3 server: cannot set TCP_NODELAY");
+        }
+        // Each request runs on its own task, so a client that hangs up once its request is
+        // sent (a process killed mid-PUT) cannot cancel the handler half way: s3s-fs moves the
+        // object into place and then writes its checksums beside it, and a handler dropped
+        // between the two would leave an object whose body fails checksum validation for
+        // ever, a torn write AWS S3 and MinIO never show. A body cut short still fails the
+        // PUT cleanly.
         let service = service.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let service = service.clone();
+            async move {
+                tokio::spawn(async move { hyper::service::Service::call(&service, req).await })
+                    .await
+                    .unwrap_or_else(|e| Err(s3s::HttpError::new(Box::new(e))))
+            }
+        });
         let cancel = cancel.clone();
         connections.spawn(async move {
             let builder = ConnBuilder::new(TokioExecutor::new());

@@ -195,3 +195,21 @@ async fn wrong_secret_is_rejected() {
     assert!(!err.is_retryable());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_torn_object_reads_as_a_checksum_mismatch_and_a_missing_one_does_not() {
+    let (server, c) = server_with_bucket().await;
+    put_bytes(&c, BUCKET, "torn", sample_body(), "application/json")
+        .await
+        .unwrap();
+    // Replace the body behind the server's back, keeping the checksum it recorded: what a
+    // store that is not atomic leaves when a writer dies between the two.
+    std::fs::write(server.root().join(BUCKET).join("torn"), b"{\"half\":").unwrap();
+    let err = get_bytes(&c, BUCKET, "torn").await.unwrap_err();
+    assert!(err.is_checksum_mismatch(), "{err:?}");
+    assert!(err.to_string().contains("s3://fleet-test/torn"), "{err}");
+
+    let missing = get_bytes(&c, BUCKET, "nothing-here").await.unwrap_err();
+    assert!(!missing.is_checksum_mismatch(), "{missing:?}");
+    server.shutdown().await;
+}

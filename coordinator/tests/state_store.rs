@@ -1,0 +1,149 @@
+//! The checkpoint's two slots against the real loopback S3-protocol server: a torn newer
+//! slot falls back to the older one; a torn only copy or a store that refuses us stops the
+//! start instead of passing for a first start.
+
+use fleetmap_coordinator::admission::AdmissionControl;
+use fleetmap_coordinator::state::{STATE_VERSION, SnapshotRef, StateError, StateStore};
+use fleetmap_objstore::local::LocalS3;
+use fleetmap_objstore::{S3Uri, ensure_bucket, put_bytes};
+
+const BUCKET: &str = "state";
+
+fn body(generation: u64, opened: u64) -> Vec<u8> {
+    let admission = AdmissionControl::new(7);
+    serde_json::to_vec(&SnapshotRef {
+        version: STATE_VERSION,
+        generation,
+        saved_ms: 0,
+        runs: Vec::new(),
+        open: &[],
+        admission: &admission,
+        republish: Vec::new(),
+        opened,
+        runs_finished: 0,
+        executions_finished: 0,
+    })
+    .unwrap()
+}
+
+async fn server() -> (LocalS3, aws_sdk_s3::Client, S3Uri) {
+    let server = LocalS3::start().await.expect("local S3 starts");
+    let client = server.client().await;
+    ensure_bucket(&client, BUCKET).await.unwrap();
+    let prefix = S3Uri::parse_prefix("s3://state/coord/").unwrap();
+    (server, client, prefix)
+}
+
+/// Saves the next `n` generations the way the engine does.
+async fn save_generations(store: &mut StateStore, n: u64) {
+    for _ in 0..n {
+        let generation = store.next_generation();
+        store
+            .save(generation, body(generation, generation * 10))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_newest_slot_wins_and_saves_alternate() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    assert!(store.load().await.unwrap().is_none(), "first start");
+    save_generations(&mut store, 3).await;
+    let dir = server.root().join(BUCKET).join("coord");
+    assert!(dir.join("coordinator-state.0.json").is_file());
+    assert!(dir.join("coordinator-state.1.json").is_file());
+
+    let mut again = StateStore::new(client, &prefix);
+    let snap = again.load().await.unwrap().expect("a checkpoint");
+    assert_eq!((snap.generation, snap.opened), (3, 30));
+    assert_eq!(again.next_generation(), 4);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_torn_newer_slot_falls_back_to_the_older_one() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    save_generations(&mut store, 4).await;
+    let dir = server.root().join(BUCKET).join("coord");
+    // Generation 4 lives in slot 0. Tear it behind the server's back, keeping the checksum
+    // it recorded, as a non-atomic store does when the writer dies mid-PUT.
+    std::fs::write(
+        dir.join("coordinator-state.0.json"),
+        b"{\"version\":1,\"gen",
+    )
+    .unwrap();
+
+    let mut again = StateStore::new(client.clone(), &prefix);
+    let snap = again.load().await.unwrap().expect("the older slot");
+    assert_eq!((snap.generation, snap.opened), (3, 30));
+    // The next save overwrites the torn slot, never the one just loaded.
+    assert_eq!(again.next_generation(), 4);
+    save_generations(&mut again, 1).await;
+    let mut third = StateStore::new(client.clone(), &prefix);
+    assert_eq!(third.load().await.unwrap().unwrap().generation, 4);
+
+    // A slot the store serves whole but that is not a snapshot is torn too.
+    put_bytes(
+        &client,
+        BUCKET,
+        "coord/coordinator-state.1.json",
+        "{\"version\":1".into(),
+        "application/json",
+    )
+    .await
+    .unwrap();
+    let mut fourth = StateStore::new(client, &prefix);
+    assert_eq!(fourth.load().await.unwrap().unwrap().generation, 4);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_torn_only_copy_stops_the_start_and_names_it() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    save_generations(&mut store, 1).await;
+    let dir = server.root().join(BUCKET).join("coord");
+    std::fs::write(dir.join("coordinator-state.1.json"), b"{").unwrap();
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("s3://state/coord/coordinator-state.1.json"),
+        "{err}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_us_is_an_error_not_a_first_start() {
+    let (server, _client, prefix) = server().await;
+    let mut cfg = server.config();
+    cfg.secret_access_key = Some("not-the-secret".into());
+    let client = fleetmap_objstore::client(&cfg).await;
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    assert!(matches!(err, StateError::Store { .. }), "{err:?}");
+    assert!(err.to_string().contains("s3://state/coord/"), "{err}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_legacy_single_object_checkpoint_is_read_when_no_slot_exists() {
+    let (server, client, prefix) = server().await;
+    put_bytes(
+        &client,
+        BUCKET,
+        "coord/coordinator-state.json",
+        body(0, 5).into(),
+        "application/json",
+    )
+    .await
+    .unwrap();
+    let mut store = StateStore::new(client, &prefix);
+    let snap = store.load().await.unwrap().expect("the legacy object");
+    assert_eq!((snap.generation, snap.opened), (0, 5));
+    assert_eq!(store.next_generation(), 1);
+    server.shutdown().await;
+}
