@@ -914,7 +914,7 @@ impl Engine {
     ) -> Result<Page<ChildExecution>, CoordinatorError> {
         let (offset, size) = page.resolve()?;
         let e = self.entry(id)?;
-        let n = e.run.children().len() as u32;
+        let n = e.run.execution_count();
         let matching = (0..n).filter(|&i| status.is_none_or(|s| e.run.state(i) == Some(s)));
         let mut items = Vec::new();
         let mut seen = 0usize;
@@ -1055,8 +1055,8 @@ impl Engine {
             execution,
             attempt,
             input_type: e.spec.input_type,
-            bucket: child.bucket.clone(),
-            key: child.key.clone(),
+            bucket: child.bucket.to_owned(),
+            key: child.key.to_owned(),
             row_groups: child.row_groups,
             first_index: child.first_index,
             result: e.spec.results.clone(),
@@ -1256,7 +1256,7 @@ fn child_view(e: &Entry, execution: u32, with_history: bool) -> Option<ChildExec
         result_key: rec.and_then(|r| r.result_key.clone()),
         error: rec.and_then(|r| r.error.clone()),
         cause: rec.and_then(|r| r.cause.clone()),
-        history: with_history.then(|| run.history(execution).to_vec()),
+        history: with_history.then(|| run.history(execution)),
     })
 }
 

@@ -59,7 +59,7 @@ impl RunStatus {
     }
 }
 
-/// One child execution's input: a range of one object.
+/// One child execution's input: a range of one object, as the item reader plans it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildSpec {
     pub bucket: String,
@@ -69,6 +69,123 @@ pub struct ChildSpec {
     pub first_index: u64,
     /// Items (readings) in this child execution, when the footer told us.
     pub items: Option<u64>,
+}
+
+/// One child execution's input as a run holds it: borrowed from the run's packed table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildRef<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub row_groups: Option<(u32, u32)>,
+    pub first_index: u64,
+    pub items: Option<u64>,
+}
+
+/// Child executions' inputs, packed: each object's name once, then 32 bytes a child. The
+/// coordinator holds every child of every open and backlogged run, so a struct with two
+/// `String`s per child (~150 bytes) would dominate its memory; a run of a million row-group
+/// ranges over a thousand files holds a thousand names here, not a million.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Children {
+    /// `(bucket, key)` of every object, in first-use order.
+    objects: Vec<(String, String)>,
+    rows: Vec<PackedChild>,
+}
+
+/// `(object, row group start, row group end, first index, items)`, [`NONE32`] / [`NONE64`]
+/// where the spec has no range or count. A tuple, so the checkpoint holds `[0,0,4,96,24]`
+/// rather than field names per child.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct PackedChild(u32, u32, u32, u64, u64);
+
+const NONE32: u32 = u32::MAX;
+const NONE64: u64 = u64::MAX;
+
+impl Children {
+    /// Packs `specs`, naming an object once per consecutive stretch of children that read it
+    /// (the item reader emits a file's children together).
+    fn pack(specs: Vec<ChildSpec>) -> Self {
+        let mut objects: Vec<(String, String)> = Vec::new();
+        let mut rows = Vec::with_capacity(specs.len());
+        for c in specs {
+            let same = objects
+                .last()
+                .is_some_and(|(b, k)| *b == c.bucket && *k == c.key);
+            if !same {
+                objects.push((c.bucket, c.key));
+            }
+            let (rg_start, rg_end) = c.row_groups.unwrap_or((NONE32, NONE32));
+            rows.push(PackedChild(
+                (objects.len() - 1) as u32,
+                rg_start,
+                rg_end,
+                c.first_index,
+                c.items.unwrap_or(NONE64),
+            ));
+        }
+        objects.shrink_to_fit();
+        Children { objects, rows }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn get(&self, i: usize) -> Option<ChildRef<'_>> {
+        let PackedChild(object, rg_start, rg_end, first_index, items) = *self.rows.get(i)?;
+        let (bucket, key) = self.objects.get(object as usize)?;
+        Some(ChildRef {
+            bucket,
+            key,
+            row_groups: (rg_start != NONE32).then_some((rg_start, rg_end)),
+            first_index,
+            items: (items != NONE64).then_some(items),
+        })
+    }
+
+    /// Items per child, where known.
+    fn items(&self) -> impl Iterator<Item = Option<u64>> + '_ {
+        self.rows.iter().map(|r| (r.4 != NONE64).then_some(r.4))
+    }
+}
+
+/// Child execution states as one letter each in the checkpoint (`"PPRS…"`), not a quoted
+/// word per child.
+mod state_letters {
+    use super::ExecState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn letter(s: ExecState) -> char {
+        match s {
+            ExecState::Pending => 'P',
+            ExecState::Running => 'R',
+            ExecState::Succeeded => 'S',
+            ExecState::Failed => 'F',
+            ExecState::TimedOut => 'T',
+            ExecState::Aborted => 'A',
+        }
+    }
+
+    pub fn serialize<S: Serializer>(states: &[ExecState], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&states.iter().map(|&x| letter(x)).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ExecState>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.chars()
+            .map(|c| match c {
+                'P' => Ok(ExecState::Pending),
+                'R' => Ok(ExecState::Running),
+                'S' => Ok(ExecState::Succeeded),
+                'F' => Ok(ExecState::Failed),
+                'T' => Ok(ExecState::TimedOut),
+                'A' => Ok(ExecState::Aborted),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not a child execution state letter"
+                ))),
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +286,10 @@ pub struct ExecRecord {
     pub attempt: u32,
     pub state: ExecState,
     pub worker_id: Option<String>,
+    /// When the attempt that finished was dispatched; with the rest of the record it
+    /// rebuilds an ordinary history, which is then not stored (see [`MapRun::history`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_ms: Option<i64>,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub bytes_read: u64,
@@ -204,7 +325,10 @@ pub struct MapRun {
     max_concurrency: u32,
     tolerance: Tolerance,
     retry: Vec<Retrier>,
-    children: Vec<ChildSpec>,
+    children: Children,
+    /// When the children were planned: the time of every execution's `ExecutionQueued`.
+    queued_ms: i64,
+    #[serde(with = "state_letters")]
     states: Vec<ExecState>,
     attempts: Vec<u32>,
     /// Next never-dispatched execution; everything before it has been dispatched once.
@@ -217,6 +341,9 @@ pub struct MapRun {
     retries_used: HashMap<u32, Vec<u32>>,
     counts: Counts,
     records: BTreeMap<u32, ExecRecord>,
+    /// Stored events, only for executions whose history [`MapRun::history`] cannot rebuild
+    /// from the run and the record: running ones, and those that failed, retried, were
+    /// redriven or aborted mid-flight. `ExecutionQueued` is never stored.
     history: HashMap<u32, Vec<ExecEvent>>,
     pub redrive_count: u32,
     pub redrive_ms: Option<i64>,
@@ -258,7 +385,8 @@ impl MapRun {
             max_concurrency,
             tolerance,
             retry: Vec::new(),
-            children: Vec::new(),
+            children: Children::default(),
+            queued_ms: now_ms,
             states: Vec::new(),
             attempts: Vec::new(),
             cursor: 0,
@@ -304,8 +432,8 @@ impl MapRun {
     /// knew each child's size; children of unknown size count as one item.
     pub fn item_counts(&self) -> Counts {
         let mut c = Counts::default();
-        for (child, state) in self.children.iter().zip(&self.states) {
-            let n = child.items.unwrap_or(1);
+        for (items, state) in self.children.items().zip(&self.states) {
+            let n = items.unwrap_or(1);
             c.total += n;
             match state {
                 ExecState::Pending => c.pending += n,
@@ -334,11 +462,12 @@ impl MapRun {
         self.tolerance = tolerance;
     }
 
-    pub fn children(&self) -> &[ChildSpec] {
-        &self.children
+    /// How many child executions the run has (0 until its items are read).
+    pub fn execution_count(&self) -> u32 {
+        self.children.len() as u32
     }
 
-    pub fn child(&self, execution: u32) -> Option<&ChildSpec> {
+    pub fn child(&self, execution: u32) -> Option<ChildRef<'_>> {
         self.children.get(execution as usize)
     }
 
@@ -358,11 +487,75 @@ impl MapRun {
         self.records.get(&execution)
     }
 
-    pub fn history(&self, execution: u32) -> &[ExecEvent] {
-        self.history
-            .get(&execution)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    /// An execution's history: `ExecutionQueued`, then the stored events, or for an
+    /// execution that went the ordinary way (dispatched once and succeeded, or aborted before
+    /// dispatch) the same events rebuilt from its record. Storing those for every child would
+    /// cost more than everything else the run holds.
+    pub fn history(&self, execution: u32) -> Vec<ExecEvent> {
+        if execution as usize >= self.states.len() {
+            return Vec::new();
+        }
+        let mut h = vec![self.new_event(self.queued_ms, "ExecutionQueued", 0)];
+        match (self.history.get(&execution), self.records.get(&execution)) {
+            (Some(stored), _) => h.extend(stored.iter().cloned()),
+            (None, Some(rec)) => h.extend(self.ordinary_history(rec)),
+            (None, None) => {}
+        }
+        h
+    }
+
+    /// The events an execution that went the ordinary way has after `ExecutionQueued`.
+    fn ordinary_history(&self, r: &ExecRecord) -> Vec<ExecEvent> {
+        match r.state {
+            ExecState::Succeeded => {
+                let mut h = Vec::with_capacity(3);
+                if let Some(at) = r.dispatched_ms {
+                    h.push(self.new_event(at, "ExecutionDispatched", r.attempt));
+                }
+                let started = r.started_ms.unwrap_or_default();
+                if r.worker_id.is_some() {
+                    let mut e = self.new_event(started, "ExecutionStarted", r.attempt);
+                    e.worker.clone_from(&r.worker_id);
+                    h.push(e);
+                }
+                let finished = r.finished_ms.unwrap_or_default();
+                let mut e = self.new_event(finished, "ExecutionSucceeded", r.attempt);
+                e.worker.clone_from(&r.worker_id);
+                e.bytes_read = Some(r.bytes_read);
+                e.readings = Some(r.readings);
+                h.push(e);
+                h
+            }
+            ExecState::Aborted if r.attempt == 0 => {
+                vec![self.new_event(r.finished_ms.unwrap_or_default(), "ExecutionAborted", 0)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Drops an execution's stored events once its record rebuilds exactly the same.
+    fn forget_ordinary_history(&mut self, execution: u32) {
+        let (Some(stored), Some(rec)) =
+            (self.history.get(&execution), self.records.get(&execution))
+        else {
+            return;
+        };
+        if *stored == self.ordinary_history(rec) {
+            self.history.remove(&execution);
+        }
+    }
+
+    /// When the execution's current attempt was dispatched, from its stored events.
+    fn dispatched_ms(&self, execution: u32) -> Option<i64> {
+        let e = self
+            .history
+            .get(&execution)?
+            .iter()
+            .rev()
+            .find(|e| e.kind == "ExecutionDispatched")?;
+        chrono::DateTime::parse_from_rfc3339(&e.timestamp)
+            .ok()
+            .map(|t| t.timestamp_millis())
     }
 
     /// The effective credit window: 0 means the Step Functions cap.
@@ -379,7 +572,8 @@ impl MapRun {
 
     pub fn set_children(&mut self, children: Vec<ChildSpec>, now_ms: i64) {
         let n = children.len();
-        self.children = children;
+        self.children = Children::pack(children);
+        self.queued_ms = now_ms;
         self.states = vec![ExecState::Pending; n];
         self.attempts = vec![0; n];
         self.cursor = 0;
@@ -389,11 +583,8 @@ impl MapRun {
             total: n as u64,
             ..Counts::default()
         };
-        if n <= 100_000 {
-            for i in 0..n as u32 {
-                self.event(i, now_ms, "ExecutionQueued", 0, None);
-            }
-        }
+        self.history.clear();
+        self.records.clear();
     }
 
     /// Admitted: starts dispatching.
@@ -457,6 +648,15 @@ impl MapRun {
                 ExecState::Failed | ExecState::TimedOut | ExecState::Aborted
             ) {
                 self.states[i] = ExecState::Pending;
+                // The record goes; keep the events it stood for (an abort before dispatch).
+                if !self.history.contains_key(&(i as u32))
+                    && let Some(rec) = self.records.get(&(i as u32))
+                {
+                    let h = self.ordinary_history(rec);
+                    if !h.is_empty() {
+                        self.history.insert(i as u32, h);
+                    }
+                }
                 self.records.remove(&(i as u32));
                 self.retries_used.remove(&(i as u32));
                 self.redrive_queue.push_back(i as u32);
@@ -573,6 +773,7 @@ impl MapRun {
             attempt: o.attempt,
             state: ExecState::Succeeded,
             worker_id: worker.clone(),
+            dispatched_ms: self.dispatched_ms(o.execution),
             started_ms: Some(o.started_ms),
             finished_ms: Some(o.finished_ms),
             bytes_read: o.bytes_read,
@@ -699,7 +900,9 @@ impl MapRun {
         }
         self.states[i] = record.state;
         self.retries_used.remove(&record.execution);
-        self.records.insert(record.execution, record);
+        let execution = record.execution;
+        self.records.insert(execution, record);
+        self.forget_ordinary_history(execution);
         let failures = self.counts.failed + self.counts.timed_out;
         if self.status == RunStatus::Running && self.tolerance.exceeded(failures, self.counts.total)
         {
@@ -728,7 +931,11 @@ impl MapRun {
             if matches!(self.states[i], ExecState::Pending | ExecState::Running) {
                 self.states[i] = ExecState::Aborted;
                 let attempt = self.attempts[i];
-                self.event(i as u32, now_ms, "ExecutionAborted", attempt, None);
+                // Never dispatched and nothing stored: the record alone rebuilds the history,
+                // so aborting a million pending children allocates no history for them.
+                if self.history.contains_key(&(i as u32)) || attempt > 0 {
+                    self.event(i as u32, now_ms, "ExecutionAborted", attempt, None);
+                }
                 self.records.insert(
                     i as u32,
                     ExecRecord {
@@ -736,6 +943,7 @@ impl MapRun {
                         attempt,
                         state: ExecState::Aborted,
                         worker_id: None,
+                        dispatched_ms: None,
                         started_ms: None,
                         finished_ms: Some(now_ms),
                         bytes_read: 0,
@@ -786,8 +994,9 @@ impl MapRun {
 
     fn push_event(&mut self, execution: u32, e: ExecEvent) {
         let h = self.history.entry(execution).or_default();
-        if h.len() >= MAX_EVENTS_PER_EXECUTION {
-            h.remove(1);
+        // `ExecutionQueued`, never stored, is the first of the MAX kept.
+        if h.len() >= MAX_EVENTS_PER_EXECUTION - 1 {
+            h.remove(0);
         }
         h.push(e);
     }
@@ -1066,7 +1275,8 @@ mod tests {
             r.executions_by_worker["w1"], 5,
             "attempts, the failed one included"
         );
-        let kinds: Vec<&str> = r.history(2).iter().map(|e| e.kind.as_ref()).collect();
+        let history = r.history(2);
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_ref()).collect();
         assert_eq!(
             kinds,
             [
@@ -1151,5 +1361,118 @@ mod tests {
         r.apply_outcome(&ok(0, 1, 24), 1);
         let items = r.item_counts();
         assert_eq!((items.total, items.succeeded, items.running), (72, 24, 48));
+    }
+
+    /// The same history an execution would have had with every event stored.
+    fn kinds_and_times(h: &[ExecEvent]) -> Vec<(String, String, u32, Option<String>)> {
+        h.iter()
+            .map(|e| {
+                (
+                    e.kind.to_string(),
+                    e.timestamp.clone(),
+                    e.attempt,
+                    e.worker.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_ordinary_success_stores_no_events_yet_reports_its_whole_history() {
+        let mut r = run(3, 3, Tolerance::default());
+        assert!(r.history.is_empty(), "queued children store nothing");
+        drain_at(&mut r, 5);
+        assert_eq!(r.history.len(), 3, "running ones keep their dispatch");
+        r.apply_outcome(&ok(1, 1, 24), 7);
+        assert!(!r.history.contains_key(&1), "rebuilt from the record");
+        let h = r.history(1);
+        assert_eq!(
+            kinds_and_times(&h),
+            [
+                ("ExecutionQueued".into(), iso(0), 0, None),
+                ("ExecutionDispatched".into(), iso(5), 1, None),
+                ("ExecutionStarted".into(), iso(1), 1, Some("w1".into())),
+                ("ExecutionSucceeded".into(), iso(2), 1, Some("w1".into())),
+            ]
+        );
+        assert_eq!((h[3].bytes_read, h[3].readings), (Some(10), Some(24)));
+        assert_eq!(r.history(3), Vec::new(), "no such execution");
+    }
+
+    #[test]
+    fn a_run_aborted_before_dispatch_rebuilds_its_aborts_and_a_redrive_keeps_them() {
+        let mut r = MapRun::new(RunId("r".into()), None, 1, Tolerance::default(), 0);
+        r.set_children((0..3).map(child).collect(), 0);
+        r.open(1);
+        drain_at(&mut r, 2);
+        r.abort(9).unwrap();
+        assert_eq!(
+            r.history.len(),
+            1,
+            "only the dispatched one stores its abort"
+        );
+        let kinds = |r: &MapRun, i| -> Vec<String> {
+            r.history(i).iter().map(|e| e.kind.to_string()).collect()
+        };
+        assert_eq!(kinds(&r, 2), ["ExecutionQueued", "ExecutionAborted"]);
+        assert_eq!(
+            kinds(&r, 0),
+            ["ExecutionQueued", "ExecutionDispatched", "ExecutionAborted"]
+        );
+        r.redrive(10).unwrap();
+        assert_eq!(
+            kinds(&r, 2),
+            ["ExecutionQueued", "ExecutionAborted", "ExecutionRedriven"]
+        );
+    }
+
+    #[test]
+    fn children_are_packed_and_survive_the_checkpoint() {
+        let mut r = MapRun::new(RunId("r".into()), None, 1, Tolerance::default(), 0);
+        let specs = vec![
+            ChildSpec {
+                bucket: "b".into(),
+                key: "one".into(),
+                row_groups: Some((0, 2)),
+                first_index: 0,
+                items: Some(10),
+            },
+            ChildSpec {
+                bucket: "b".into(),
+                key: "one".into(),
+                row_groups: Some((2, 4)),
+                first_index: 10,
+                items: None,
+            },
+            ChildSpec {
+                bucket: "b".into(),
+                key: "two".into(),
+                row_groups: None,
+                first_index: 0,
+                items: Some(3),
+            },
+        ];
+        r.set_children(specs.clone(), 0);
+        assert_eq!(r.children.objects.len(), 2, "one name per object");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"states\":\"PPP\""), "{json}");
+        let back: MapRun = serde_json::from_str(&json).unwrap();
+        for (i, spec) in specs.iter().enumerate() {
+            let c = back.child(i as u32).unwrap();
+            assert_eq!(
+                (c.bucket, c.key, c.row_groups, c.first_index, c.items),
+                (
+                    spec.bucket.as_str(),
+                    spec.key.as_str(),
+                    spec.row_groups,
+                    spec.first_index,
+                    spec.items
+                )
+            );
+        }
+        assert_eq!(back.child(3), None);
+        let bad = json.replace("\"PPP\"", "\"PXP\"");
+        let err = serde_json::from_str::<MapRun>(&bad).unwrap_err();
+        assert!(err.to_string().contains("'X'"), "{err}");
     }
 }

@@ -24,7 +24,7 @@ use crate::run::{MapRun, RunId};
 use crate::spec::RunSpec;
 
 /// Bump when the snapshot's shape changes incompatibly.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 /// Where a single-object checkpoint lived before the two slots (state version 1); read only
 /// on a start that finds neither slot, so that an upgrade refuses the old state by name
 /// instead of starting afresh beside it.

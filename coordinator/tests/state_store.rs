@@ -130,20 +130,24 @@ async fn a_store_that_refuses_us_is_an_error_not_a_first_start() {
 }
 
 #[tokio::test]
-async fn a_legacy_single_object_checkpoint_is_read_when_no_slot_exists() {
+async fn a_legacy_single_object_checkpoint_is_refused_by_name_not_ignored() {
     let (server, client, prefix) = server().await;
+    // What fleetmap wrote before the two slots: state version 1, one object.
     put_bytes(
         &client,
         BUCKET,
         "coord/coordinator-state.json",
-        body(0, 5).into(),
+        "{\"version\":1,\"saved_ms\":0,\"runs\":[]}".into(),
         "application/json",
     )
     .await
     .unwrap();
-    let mut store = StateStore::new(client, &prefix);
-    let snap = store.load().await.unwrap().expect("the legacy object");
-    assert_eq!((snap.generation, snap.opened), (0, 5));
-    assert_eq!(store.next_generation(), 1);
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("s3://state/coord/coordinator-state.json"),
+        "{msg}"
+    );
+    assert!(msg.contains("state version 1 is not"), "{msg}");
     server.shutdown().await;
 }
