@@ -327,10 +327,33 @@ fn worker(env: &Env, id: &str) -> Proc {
     .0
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`) to each process.
+fn signal(procs: &[&Proc], signal: &str) {
+    for p in procs {
+        let pid = p.0.id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {signal} {pid}");
+    }
+}
+
 /// Takes the broker away for a few seconds while `run` is in progress, checking that items
 /// were waiting in the quorum queue, that the coordinator noticed, and that its API kept
 /// answering meanwhile.
-fn outage(node: &Node, env: &Env, coordinator: &str, run: &str, queue: &str, fault: Fault) {
+///
+/// The workers are frozen (SIGSTOP) from just before the fault until the broker is back:
+/// otherwise they can finish a run this size while `rabbitmqctl` is still starting up to
+/// stop it, and the fault lands after the run. Thawed, they find their connection dead and
+/// reconnect, as after any restart; the coordinator runs throughout.
+fn outage(
+    node: &Node,
+    env: &Env,
+    coordinator: &str,
+    run: &str,
+    queue: &str,
+    fault: Fault,
+    workers: &[&Proc],
+) {
+    signal(workers, "-STOP");
     let d = env.json(&["describe", run]);
     assert_eq!(
         d["status"], "RUNNING",
@@ -373,6 +396,7 @@ fn outage(node: &Node, env: &Env, coordinator: &str, run: &str, queue: &str, fau
         Fault::App => node.start_app(),
         Fault::Node => node.launch(),
     }
+    signal(workers, "-CONT");
     eprintln!("{fault:?} restart: broker back after {:.1?}", t.elapsed());
 }
 
@@ -410,8 +434,8 @@ fn broker_restarted_mid_run_loses_nothing_and_the_run_succeeds() {
 
     let (mut coordinator, url) = env.coordinator(&["--state-uri", STATE]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url);
-    let _w1 = worker(&env, "w1");
-    let _w2 = worker(&env, "w2");
+    let w1 = worker(&env, "w1");
+    let w2 = worker(&env, "w2");
     // More credits than worker slots, so items wait in the queue whenever the broker stops.
     let run = env.json(&[
         "start",
@@ -429,12 +453,12 @@ fn broker_restarted_mid_run_loses_nothing_and_the_run_succeeds() {
     wait_for(&env, &run, "3 executions succeeding", within, |d| {
         d["executionCounts"]["succeeded"].as_u64() >= Some(3)
     });
-    outage(&node, &env, &url, &run, &items, Fault::App);
+    outage(&node, &env, &url, &run, &items, Fault::App, &[&w1, &w2]);
     let d = wait_for(&env, &run, "progress after start_app", within, |d| {
         d["executionCounts"]["succeeded"].as_u64() >= Some(40)
     });
     assert_eq!(d["status"], "RUNNING", "{d:#}");
-    outage(&node, &env, &url, &run, &items, Fault::Node);
+    outage(&node, &env, &url, &run, &items, Fault::Node, &[&w1, &w2]);
 
     let d = wait_for(&env, &run, "the run succeeding", within, |d| {
         d["status"] == "SUCCEEDED"
