@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -231,43 +230,6 @@ fn ready_messages(url: &str, queue: &str) -> u32 {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn s3(env: &Env) -> aws_sdk_s3::Client {
-    let cfg = fleetmap_objstore::S3Config {
-        endpoint: Some(env.var("AWS_ENDPOINT_URL")),
-        region: Some(env.var("AWS_REGION")),
-        access_key_id: Some(env.var("AWS_ACCESS_KEY_ID")),
-        secret_access_key: Some(env.var("AWS_SECRET_ACCESS_KEY")),
-        force_path_style: true,
-        ..fleetmap_objstore::S3Config::default()
-    };
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(fleetmap_objstore::client(&cfg))
-}
-
-/// Readings in the run's result objects, each (device, time) asserted to appear only once.
-fn result_readings(env: &Env, run: &str) -> u64 {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = s3(env);
-    rt.block_on(async {
-        let keys = fleetmap_objstore::list_keys(&client, "fleetmap-results", "analytics/")
-            .await
-            .unwrap();
-        let mut seen = HashSet::new();
-        for k in keys.iter().filter(|k| k.contains(run)) {
-            let body = fleetmap_objstore::get_bytes(&client, "fleetmap-results", k)
-                .await
-                .unwrap();
-            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let v: Value = serde_json::from_slice(line).unwrap();
-                let key = format!("{}|{}", v["deviceid"], v["readingtimestamp"]);
-                assert!(seen.insert(key.clone()), "reading {key} written twice");
-            }
-        }
-        seen.len() as u64
-    })
 }
 
 fn wait_for(
@@ -495,11 +457,13 @@ fn broker_restarted_mid_run_loses_nothing_and_the_run_succeeds() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(by_worker, FILES, "one applied outcome per execution: {d:#}");
-    assert_eq!(
-        result_readings(&env, &run),
-        FILES * READINGS_PER_FILE,
-        "every reading in the results bucket exactly once"
+    let l = env.ledger(&run, FILES * READINGS_PER_FILE);
+    l.report(
+        "RabbitMQ restarted mid-run, twice",
+        "`rabbitmqctl stop_app` / `start_app`, then the node halted and relaunched, 3 s each",
+        1,
     );
+    l.assert_exact();
     let reconnects = metric(&url, "fleetmap_coordinator_amqp_reconnects_total").unwrap_or(0.0);
     assert!(reconnects >= 2.0, "reconnects_total = {reconnects}");
     assert_eq!(

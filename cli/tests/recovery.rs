@@ -4,51 +4,14 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{Env, spawn};
+use fleetmap_tests::ledger::Ledger;
 use serde_json::Value;
 
 const STATE: &str = "s3://fleetmap-results/fleetmap-state/";
 const FILES: u64 = 40;
-
-fn s3(env: &Env) -> aws_sdk_s3::Client {
-    let cfg = fleetmap_objstore::S3Config {
-        endpoint: Some(env.var("AWS_ENDPOINT_URL")),
-        region: Some(env.var("AWS_REGION")),
-        access_key_id: Some(env.var("AWS_ACCESS_KEY_ID")),
-        secret_access_key: Some(env.var("AWS_SECRET_ACCESS_KEY")),
-        force_path_style: true,
-        ca_bundle: None,
-    };
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(fleetmap_objstore::client(&cfg))
-}
-
-/// Lines of every result object the run wrote, checked for duplicates by (device, time).
-fn result_readings(env: &Env, run: &str) -> u64 {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = s3(env);
-    rt.block_on(async {
-        let keys = fleetmap_objstore::list_keys(&client, "fleetmap-results", "analytics/")
-            .await
-            .unwrap();
-        let mut seen = HashSet::new();
-        for k in keys.iter().filter(|k| k.contains(run)) {
-            let body = fleetmap_objstore::get_bytes(&client, "fleetmap-results", k)
-                .await
-                .unwrap();
-            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let v: Value = serde_json::from_slice(line).unwrap();
-                let key = format!("{}|{}", v["deviceid"], v["readingtimestamp"]);
-                assert!(seen.insert(key.clone()), "reading {key} written twice");
-            }
-        }
-        seen.len() as u64
-    })
-}
 
 fn wait_for(env: &Env, run: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -113,7 +76,8 @@ fn worker(env: &Env, id: &str) -> common::Proc {
     .0
 }
 
-fn check_complete(env: &Env, run: &str) {
+/// Waits for `run` to succeed, checks its counters and returns its ledger.
+fn check_complete(env: &Env, run: &str) -> Ledger {
     let d = wait_for(env, run, "the run succeeding", |d| {
         d["status"] == "SUCCEEDED"
     });
@@ -132,8 +96,10 @@ fn check_complete(env: &Env, run: &str) {
         FILES * 24,
         "readings counted once each: {d:#}"
     );
-    assert_eq!(result_readings(env, run), FILES * 24);
+    env.ledger(run, FILES * 24)
 }
+
+const KILL: &str = "SIGKILL the coordinator (`--state-uri` set), restart it on the same state";
 
 #[test]
 fn coordinator_killed_right_after_accepting_a_run_resumes_it() {
@@ -146,7 +112,9 @@ fn coordinator_killed_right_after_accepting_a_run_resumes_it() {
     let (_c2, url2) = env.coordinator(&["--state-uri", STATE]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url2);
     let _w = worker(&env, "w1");
-    check_complete(&env, &run);
+    let l = check_complete(&env, &run);
+    l.report("coordinator killed right after accepting a run", KILL, 1);
+    l.assert_exact();
 }
 
 #[test]
@@ -167,7 +135,13 @@ fn coordinator_killed_mid_run_resumes_with_exact_counters() {
     std::thread::sleep(Duration::from_millis(300));
     let (_c2, url2) = env.coordinator(&["--state-uri", STATE]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url2);
-    check_complete(&env, &run);
+    let l = check_complete(&env, &run);
+    l.report(
+        "coordinator killed mid-run (10 of 40 child executions done)",
+        KILL,
+        1,
+    );
+    l.assert_exact();
 }
 
 #[test]
@@ -195,9 +169,17 @@ fn coordinator_killed_with_a_backlog_reopens_runs_in_the_same_order() {
         serde_json::json!([runs[1], runs[2]]),
         "backlog order survives"
     );
-    for r in &runs {
-        check_complete(&env, r);
-    }
+    let l = runs
+        .iter()
+        .map(|r| check_complete(&env, r))
+        .reduce(Ledger::and)
+        .unwrap();
+    l.report(
+        "coordinator killed with one run open and two in the backlog",
+        KILL,
+        runs.len() as u64,
+    );
+    l.assert_exact();
     let orders: Vec<u64> = runs
         .iter()
         .map(|r| env.json(&["describe", r])["openOrder"].as_u64().unwrap())

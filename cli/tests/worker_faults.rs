@@ -106,32 +106,11 @@ fn wait_done(env: &Env, run: &str) -> Value {
     }
 }
 
-fn result_lines(env: &Env) -> usize {
-    let root = std::path::PathBuf::from(env.var("FLEETMAP_TEST_S3_DIR"));
-    let mut n = 0;
-    let mut stack = vec![root.join("fleetmap-results").join("analytics")];
-    while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                n += std::fs::read(e.path())
-                    .unwrap()
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
-            }
-        }
-    }
-    n
-}
-
 const READINGS: u64 = 40 * 400 * 24;
 
 #[test]
 fn worker_killed_mid_item_is_replaced_and_the_item_finished_once() {
-    let (dir, _s3, env) = setup("kill");
-    let env = env.with("FLEETMAP_TEST_S3_DIR", dir.path().to_str().unwrap());
+    let (_dir, _s3, env) = setup("kill");
     let (_c, url) = env.coordinator(&[]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url);
     let port = free_port();
@@ -156,17 +135,18 @@ fn worker_killed_mid_item_is_replaced_and_the_item_finished_once() {
         serde_json::json!({"rescuer": 1}),
         "{d:#}"
     );
-    assert_eq!(
-        result_lines(&env) as u64,
-        READINGS,
-        "each reading exactly once"
+    let l = env.ledger(&run, READINGS);
+    l.report(
+        "worker killed mid-item",
+        "SIGKILL the only worker while it holds the item (its /readyz busy), start another",
+        1,
     );
+    l.assert_exact();
 }
 
 #[test]
 fn worker_sigtermed_mid_item_finishes_it_and_exits_zero() {
-    let (dir, _s3, env) = setup("term");
-    let env = env.with("FLEETMAP_TEST_S3_DIR", dir.path().to_str().unwrap());
+    let (_dir, _s3, env) = setup("term");
     let (_c, url) = env.coordinator(&[]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url);
     let port = free_port();
@@ -206,5 +186,11 @@ fn worker_sigtermed_mid_item_finishes_it_and_exits_zero() {
         "the in-flight item was finished: {d:#}"
     );
     assert_eq!(d["executionsByWorker"], serde_json::json!({"draining": 1}));
-    assert_eq!(result_lines(&env) as u64, READINGS);
+    let l = env.ledger(&run, READINGS);
+    l.report(
+        "worker stopped mid-item",
+        "SIGTERM the only worker while it holds the item; it must finish it and exit 0",
+        1,
+    );
+    l.assert_exact();
 }

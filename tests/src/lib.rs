@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod faultproxy;
+pub mod ledger;
 pub mod tls;
 
 pub const DATA: &str = "fleetmap-data";

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleetmap_coordinator::{ItemSource, PageRequest, RunStatus, Tolerance};
 use fleetmap_protocol::ItemMessage;
 use fleetmap_sample::GenConfig;
+use fleetmap_tests::ledger::Ledger;
 use fleetmap_tests::{DATA, Harness, amqp_url};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -98,6 +99,24 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
     assert_eq!(failed.items.len(), 1);
     let f = &failed.items[0];
     assert_eq!(f.error.as_deref(), Some("States.Runtime"));
+    // Every reading of the other files exactly once; none of the poison file's.
+    let records = h.result_records().await;
+    assert!(
+        records.iter().all(|r| r["metadata"]["source"]
+            .as_str()
+            .is_some_and(|s| !s.ends_with(&poison_key))),
+        "a record from the poison item"
+    );
+    let ledger = Ledger::count(
+        generated.readings_total - generated.rows_per_file[0],
+        &records,
+    );
+    ledger.report(
+        "poison item (crashes every worker that takes it)",
+        "a consumer that takes the item and drops it unacked, past the delivery limit",
+        1,
+    );
+    ledger.assert_exact();
     assert!(
         f.cause.as_deref().unwrap().contains(&poison_key),
         "{:?}",

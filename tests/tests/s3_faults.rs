@@ -22,6 +22,7 @@ use fleetmap_objstore::{ObjStoreError, S3Uri};
 use fleetmap_protocol::Topology;
 use fleetmap_sample::{GenConfig, GenReport, Reading};
 use fleetmap_tests::faultproxy::{FaultProxy, Faults};
+use fleetmap_tests::ledger::Ledger;
 use fleetmap_tests::{DATA, Harness, RESULTS, RESULTS_PREFIX, amqp_url, init_logs, oracle};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
@@ -278,6 +279,16 @@ async fn throttled_store_still_yields_every_reading_exactly_once() {
         (c.total, c.succeeded, c.failed, c.results_written),
         (files, files, 0, files)
     );
+    let ledger = Ledger::count(
+        generated.readings.len() as u64,
+        &fleet.result_records().await,
+    );
+    ledger.report(
+        "S3 answering 20 % of requests with 503 SlowDown",
+        "a fault proxy in front of the S3-protocol server (tests/src/faultproxy.rs)",
+        1,
+    );
+    ledger.assert_exact();
     assert_results_exact(&fleet, &d, &generated.readings).await;
 
     // The faults really happened, at about the rate asked for.

@@ -132,6 +132,37 @@ impl Env {
         (p, url)
     }
 
+    /// A client for this environment's S3-protocol server.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let cfg = fleetmap_objstore::S3Config {
+            endpoint: Some(self.var("AWS_ENDPOINT_URL")),
+            region: Some(self.var("AWS_REGION")),
+            access_key_id: Some(self.var("AWS_ACCESS_KEY_ID")),
+            secret_access_key: Some(self.var("AWS_SECRET_ACCESS_KEY")),
+            force_path_style: true,
+            ..fleetmap_objstore::S3Config::default()
+        };
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(fleetmap_objstore::client(&cfg))
+    }
+
+    /// The analytics records of `run` (every run: `""`) in the results bucket, against the
+    /// `expected` readings.
+    pub fn ledger(&self, run: &str, expected: u64) -> fleetmap_tests::ledger::Ledger {
+        let client = self.s3();
+        let records =
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(fleetmap_tests::ledger::results(
+                    &client,
+                    "fleetmap-results",
+                    "analytics/",
+                    |k| k.contains(run),
+                ));
+        fleetmap_tests::ledger::Ledger::count(expected, &records)
+    }
+
     pub fn with(&self, k: &str, v: &str) -> Env {
         let mut vars: Vec<(String, String)> =
             self.vars.iter().filter(|(n, _)| n != k).cloned().collect();
