@@ -146,17 +146,14 @@ pub async fn read_layouts(s3: &Client, uris: Vec<S3Uri>) -> Vec<crate::batcher::
 }
 
 async fn footer_row_groups(s3: &Client, u: &S3Uri) -> Result<Vec<(u64, u64)>, String> {
-    use fleetmap_objstore::{get_range, head_size};
-    let size = head_size(s3, &u.bucket, &u.key)
+    use fleetmap_objstore::{get_range, get_suffix};
+    // One request for the length and the tail, which usually holds the whole footer.
+    let (tail, size) = get_suffix(s3, &u.bucket, &u.key, FOOTER_PREFETCH)
         .await
         .map_err(|e| e.to_string())?;
     if size < 12 {
         return Err(format!("{u} is {size} bytes, too small to be Parquet"));
     }
-    let tail_len = FOOTER_PREFETCH.min(size);
-    let tail = get_range(s3, &u.bucket, &u.key, size - tail_len..size)
-        .await
-        .map_err(|e| e.to_string())?;
     let n = tail.len();
     if n < 8 || &tail[n - 4..] != b"PAR1" {
         return Err(format!("{u} does not end with the Parquet magic bytes"));

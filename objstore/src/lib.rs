@@ -22,6 +22,7 @@ pub mod uri;
 pub use config::{S3Config, client, try_client};
 pub use error::ObjStoreError;
 pub use ops::{
-    ensure_bucket, get_bytes, get_range, head_size, list_keys, list_keys_paged, put_bytes,
+    ensure_bucket, get_bytes, get_range, get_suffix, head_size, list_keys, list_keys_paged,
+    put_bytes,
 };
 pub use uri::S3Uri;

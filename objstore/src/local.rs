@@ -11,7 +11,9 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
+use s3s::dto;
 use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3, S3Request, S3Response, S3Result};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -62,6 +64,10 @@ impl LocalS3 {
         // s3s-fs's error type implements neither Display nor std::error::Error.
         let fs = s3s_fs::FileSystem::new(&dir)
             .map_err(|e| local_err(format!("serving {}: {e:?}", dir.display())))?;
+        let fs = AsS3 {
+            inner: fs,
+            root: dir.clone(),
+        };
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
             // Without an auth provider s3s rejects SigV4-signed requests, i.e. all SDK calls.
@@ -193,6 +199,72 @@ async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationTo
         .is_err()
     {
         tracing::warn!("local S3 server: connections still open after the shutdown grace");
+    }
+}
+
+/// s3s-fs with its deviations from S3 that fleetmap would trip on corrected; every other
+/// operation passes straight through.
+struct AsS3 {
+    inner: s3s_fs::FileSystem,
+    root: PathBuf,
+}
+
+/// Implements [`S3`] for [`AsS3`]: the listed operations go to s3s-fs unchanged, those after
+/// `=>` replace theirs.
+macro_rules! forward_to_s3s_fs {
+    ($($op:ident($input:ident) -> $output:ident;)* => { $($extra:item)* }) => {
+        #[async_trait::async_trait]
+        impl S3 for AsS3 {
+            $(
+                async fn $op(&self, req: S3Request<dto::$input>) -> S3Result<S3Response<dto::$output>> {
+                    self.inner.$op(req).await
+                }
+            )*
+            $($extra)*
+        }
+    };
+}
+
+forward_to_s3s_fs! {
+    abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+    copy_object(CopyObjectInput) -> CopyObjectOutput;
+    create_bucket(CreateBucketInput) -> CreateBucketOutput;
+    create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
+    delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
+    delete_object(DeleteObjectInput) -> DeleteObjectOutput;
+    delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
+    get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
+    head_bucket(HeadBucketInput) -> HeadBucketOutput;
+    head_object(HeadObjectInput) -> HeadObjectOutput;
+    list_buckets(ListBucketsInput) -> ListBucketsOutput;
+    list_objects(ListObjectsInput) -> ListObjectsOutput;
+    list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
+    list_parts(ListPartsInput) -> ListPartsOutput;
+    put_object(PutObjectInput) -> PutObjectOutput;
+    upload_part(UploadPartInput) -> UploadPartOutput;
+    upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
+    => {
+    /// A suffix range (`bytes=-N`) longer than the object: S3 returns the whole object,
+    /// s3s-fs seeks before the start of the file and answers 500. On an empty object S3
+    /// answers 416.
+    async fn get_object(
+        &self,
+        mut req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        if let Some(dto::Range::Suffix { length }) = req.input.range
+            && let Ok(meta) =
+                tokio::fs::metadata(self.root.join(&req.input.bucket).join(&req.input.key)).await
+            && meta.is_file()
+            && meta.len() < length
+        {
+            if meta.len() == 0 {
+                return Err(s3s::s3_error!(InvalidRange));
+            }
+            req.input.range = Some(dto::Range::Suffix { length: meta.len() });
+        }
+        self.inner.get_object(req).await
+    }
     }
 }
 

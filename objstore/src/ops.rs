@@ -39,6 +39,76 @@ pub async fn get_range(
     get(c, bucket, key, Some(header)).await
 }
 
+/// Reads the last `n` bytes of an object (all of it if shorter) with one suffix-range GET,
+/// and returns them with the object's length, read from `Content-Range`. It replaces a
+/// HeadObject plus a tail GET when opening a Parquet file: for a file under `n` bytes, the
+/// whole item is then one request.
+pub async fn get_suffix(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    n: u64,
+) -> Result<(Bytes, u64), ObjStoreError> {
+    if n == 0 {
+        return Ok((Bytes::new(), head_size(c, bucket, key).await?));
+    }
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .range(format!("bytes=-{n}"))
+        .send()
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+            return Err(not_found(bucket, key));
+        }
+        // S3 answers a suffix range on an empty object with 416 InvalidRange.
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 416) =>
+        {
+            return Ok((Bytes::new(), head_size(c, bucket, key).await?));
+        }
+        Err(err) => {
+            return Err(ObjStoreError::Get {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                retryable: sdk_retryable(&err),
+                source: sdk_failure(err),
+            });
+        }
+    };
+    // `bytes 100-199/200`; absent when the store sent the whole object (200 OK).
+    let total = out
+        .content_range()
+        .and_then(|r| r.rsplit_once('/'))
+        .and_then(|(_, total)| total.parse::<u64>().ok());
+    let body = out.body.collect().await.map_err(|err| ObjStoreError::Get {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        retryable: true,
+        source: err.into(),
+    })?;
+    let body = body.into_bytes();
+    let size = total.unwrap_or(body.len() as u64);
+    if body.len() as u64 != size.min(n) {
+        return Err(ObjStoreError::Get {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            retryable: true,
+            source: format!(
+                "suffix GET of {n} bytes returned {} bytes of a {size}-byte object",
+                body.len()
+            )
+            .into(),
+        });
+    }
+    Ok((body, size))
+}
+
 async fn get(
     c: &Client,
     bucket: &str,

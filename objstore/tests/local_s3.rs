@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{
-    ObjStoreError, ensure_bucket, get_bytes, get_range, head_size, list_keys, list_keys_paged,
-    put_bytes,
+    ObjStoreError, ensure_bucket, get_bytes, get_range, get_suffix, head_size, list_keys,
+    list_keys_paged, put_bytes,
 };
 
 const BUCKET: &str = "fleet-test";
@@ -211,5 +211,34 @@ async fn a_torn_object_reads_as_a_checksum_mismatch_and_a_missing_one_does_not()
 
     let missing = get_bytes(&c, BUCKET, "nothing-here").await.unwrap_err();
     assert!(!missing.is_checksum_mismatch(), "{missing:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn suffix_get_returns_the_tail_and_the_object_length() {
+    let (server, c) = server_with_bucket().await;
+    put_bytes(&c, BUCKET, "obj", sample_body(), "application/octet-stream")
+        .await
+        .unwrap();
+    let (tail, size) = get_suffix(&c, BUCKET, "obj", 10).await.unwrap();
+    assert_eq!((tail, size), (sample_body().slice(90..), 100));
+    // Longer than the object: all of it.
+    let (all, size) = get_suffix(&c, BUCKET, "obj", 64 * 1024).await.unwrap();
+    assert_eq!((all, size), (sample_body(), 100));
+
+    put_bytes(
+        &c,
+        BUCKET,
+        "empty",
+        Bytes::new(),
+        "application/octet-stream",
+    )
+    .await
+    .unwrap();
+    let (none, size) = get_suffix(&c, BUCKET, "empty", 10).await.unwrap();
+    assert_eq!((none.len(), size), (0, 0));
+
+    let err = get_suffix(&c, BUCKET, "missing", 10).await.unwrap_err();
+    assert!(matches!(err, ObjStoreError::NotFound { .. }), "{err:?}");
     server.shutdown().await;
 }

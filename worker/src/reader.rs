@@ -1,8 +1,9 @@
 //! Reading an item's object from S3: Parquet by ranged GETs, CSV and JSONL as streams.
 //!
 //! Parquet is never downloaded whole. [`S3FileReader`] implements parquet's
-//! [`AsyncFileReader`] over aws-sdk-s3: one HeadObject for the length, one tail GET that
-//! usually holds the whole footer (a 64 KiB prefetch), then only the column chunks of the
+//! [`AsyncFileReader`] over aws-sdk-s3: one suffix GET of the last 64 KiB, which tells the
+//! length and usually holds the whole footer (and all of a small file, which then costs no
+//! other request), then only the column chunks of the
 //! seven needed columns in the item's row groups, nearby ranges coalesced and fetched
 //! concurrently. Every byte fetched is counted, because outcomes report `bytes_read`.
 //!
@@ -64,15 +65,25 @@ pub struct S3FileReader {
     size: u64,
     bytes_read: Arc<AtomicU64>,
     coalesce_gap: u64,
+    /// The object's last bytes, from [`S3FileReader::open`], with the offset they start at:
+    /// reads inside them are served without a request.
+    tail: Option<(u64, Bytes)>,
 }
 
 impl S3FileReader {
-    /// Looks up the object's length (HeadObject) and returns a reader for it.
+    /// Reads the object's last [`FOOTER_PREFETCH`] bytes and its length with one GET and
+    /// returns a reader that serves reads inside them from memory.
     pub async fn open(client: &Client, bucket: &str, key: &str) -> Result<Self, WorkerError> {
-        let size = fleetmap_objstore::head_size(client, bucket, key)
-            .await
-            .map_err(|e| from_store(e, "HeadObject"))?;
-        Ok(Self::new(client.clone(), bucket, key, size))
+        let (tail, size) =
+            fleetmap_objstore::get_suffix(client, bucket, key, FOOTER_PREFETCH as u64)
+                .await
+                .map_err(|e| from_store(e, "GetObject"))?;
+        let mut reader = Self::new(client.clone(), bucket, key, size);
+        reader
+            .bytes_read
+            .fetch_add(tail.len() as u64, Ordering::Relaxed);
+        reader.tail = Some((size - tail.len() as u64, tail));
+        Ok(reader)
     }
 
     /// A reader for an object whose length is already known.
@@ -84,6 +95,7 @@ impl S3FileReader {
             size,
             bytes_read: Arc::new(AtomicU64::new(0)),
             coalesce_gap: COALESCE_GAP,
+            tail: None,
         }
     }
 
@@ -108,7 +120,15 @@ impl S3FileReader {
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
         let counter = Arc::clone(&self.bytes_read);
         let size = self.size;
+        let cached = self.tail.as_ref().and_then(|(start, tail)| {
+            let end = start + tail.len() as u64;
+            (range.start >= *start && range.end <= end && range.start <= range.end)
+                .then(|| tail.slice((range.start - start) as usize..(range.end - start) as usize))
+        });
         async move {
+            if let Some(bytes) = cached {
+                return Ok(bytes);
+            }
             if range.end > size || range.start > range.end {
                 // The footer promises pages the object does not hold: the file is truncated
                 // or its metadata corrupt. Retrying reads the same bytes, so it is bad input,
