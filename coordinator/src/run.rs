@@ -81,22 +81,27 @@ pub struct ChildRef<'a> {
     pub items: Option<u64>,
 }
 
-/// Child executions' inputs, packed: each object's name once, then 32 bytes a child. The
-/// coordinator holds every child of every open and backlogged run, so a struct with two
-/// `String`s per child (~150 bytes) would dominate its memory; a run of a million row-group
-/// ranges over a thousand files holds a thousand names here, not a million.
+/// Child executions' inputs, packed. The coordinator holds every child of every open and
+/// backlogged run, so a struct with two `String`s per child (~150 bytes) would dominate its
+/// memory. Here a bucket is named once per run, each object's key is a slice of one
+/// arena, and a child is 12 bytes plus its index and item count only where a run has them:
+/// a run over 10,000 CSV-listed objects costs its keys' bytes plus 20 bytes a child.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Children {
-    /// `(bucket, key)` of every object, in first-use order.
-    objects: Vec<(String, String)>,
-    rows: Vec<PackedChild>,
+    buckets: Vec<String>,
+    /// Bucket of each object, when the run spans more than one (else all are bucket 0).
+    object_buckets: Vec<u32>,
+    /// Every object's key, concatenated in first-use order.
+    keys: String,
+    /// Where each object's key ends in `keys` (it starts where the previous one ends).
+    key_ends: Vec<u64>,
+    /// Per child: `(object, row group start, row group end)`, [`NONE32`] for no range.
+    rows: Vec<(u32, u32, u32)>,
+    /// Per child, when some child's first index is not 0 (else all are 0).
+    first_index: Vec<u64>,
+    /// Per child, [`NONE64`] where unknown; empty when no child's count is known.
+    items: Vec<u64>,
 }
-
-/// `(object, row group start, row group end, first index, items)`, [`NONE32`] / [`NONE64`]
-/// where the spec has no range or count. A tuple, so the checkpoint holds `[0,0,4,96,24]`
-/// rather than field names per child.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct PackedChild(u32, u32, u32, u64, u64);
 
 const NONE32: u32 = u32::MAX;
 const NONE64: u64 = u64::MAX;
@@ -105,26 +110,61 @@ impl Children {
     /// Packs `specs`, naming an object once per consecutive stretch of children that read it
     /// (the item reader emits a file's children together).
     fn pack(specs: Vec<ChildSpec>) -> Self {
-        let mut objects: Vec<(String, String)> = Vec::new();
-        let mut rows = Vec::with_capacity(specs.len());
-        for c in specs {
-            let same = objects
-                .last()
-                .is_some_and(|(b, k)| *b == c.bucket && *k == c.key);
-            if !same {
-                objects.push((c.bucket, c.key));
-            }
-            let (rg_start, rg_end) = c.row_groups.unwrap_or((NONE32, NONE32));
-            rows.push(PackedChild(
-                (objects.len() - 1) as u32,
-                rg_start,
-                rg_end,
-                c.first_index,
-                c.items.unwrap_or(NONE64),
-            ));
+        let mut c = Children::default();
+        let n = specs.len();
+        c.rows.reserve_exact(n);
+        let any_index = specs.iter().any(|s| s.first_index != 0);
+        let any_items = specs.iter().any(|s| s.items.is_some());
+        if any_index {
+            c.first_index.reserve_exact(n);
         }
-        objects.shrink_to_fit();
-        Children { objects, rows }
+        if any_items {
+            c.items.reserve_exact(n);
+        }
+        let mut object_buckets = Vec::new();
+        for s in specs {
+            let last = c.key_ends.len().checked_sub(1);
+            let same = last.is_some_and(|o| {
+                c.buckets[object_buckets[o] as usize] == s.bucket && c.key(o) == Some(&s.key)
+            });
+            if !same {
+                let bucket = match c.buckets.iter().position(|b| *b == s.bucket) {
+                    Some(b) => b,
+                    None => {
+                        c.buckets.push(s.bucket);
+                        c.buckets.len() - 1
+                    }
+                };
+                object_buckets.push(bucket as u32);
+                c.keys.push_str(&s.key);
+                c.key_ends.push(c.keys.len() as u64);
+            }
+            let (rg_start, rg_end) = s.row_groups.unwrap_or((NONE32, NONE32));
+            c.rows
+                .push(((c.key_ends.len() - 1) as u32, rg_start, rg_end));
+            if any_index {
+                c.first_index.push(s.first_index);
+            }
+            if any_items {
+                c.items.push(s.items.unwrap_or(NONE64));
+            }
+        }
+        if c.buckets.len() > 1 {
+            c.object_buckets = object_buckets;
+        }
+        c.keys.shrink_to_fit();
+        c.key_ends.shrink_to_fit();
+        c
+    }
+
+    /// An object's key; `None` only for offsets a damaged checkpoint could hold.
+    fn key(&self, object: usize) -> Option<&str> {
+        let start = match object {
+            0 => 0,
+            o => *self.key_ends.get(o - 1)? as usize,
+        };
+        let end = *self.key_ends.get(object)? as usize;
+        self.keys.get(start..end)
     }
 
     fn len(&self) -> usize {
@@ -132,20 +172,21 @@ impl Children {
     }
 
     fn get(&self, i: usize) -> Option<ChildRef<'_>> {
-        let PackedChild(object, rg_start, rg_end, first_index, items) = *self.rows.get(i)?;
-        let (bucket, key) = self.objects.get(object as usize)?;
+        let (object, rg_start, rg_end) = *self.rows.get(i)?;
+        let object = object as usize;
+        let bucket = self.object_buckets.get(object).copied().unwrap_or(0);
         Some(ChildRef {
-            bucket,
-            key,
+            bucket: self.buckets.get(bucket as usize)?,
+            key: self.key(object)?,
             row_groups: (rg_start != NONE32).then_some((rg_start, rg_end)),
-            first_index,
-            items: (items != NONE64).then_some(items),
+            first_index: self.first_index.get(i).copied().unwrap_or(0),
+            items: self.items.get(i).copied().filter(|&n| n != NONE64),
         })
     }
 
     /// Items per child, where known.
     fn items(&self) -> impl Iterator<Item = Option<u64>> + '_ {
-        self.rows.iter().map(|r| (r.4 != NONE64).then_some(r.4))
+        (0..self.len()).map(|i| self.items.get(i).copied().filter(|&n| n != NONE64))
     }
 }
 
@@ -1453,7 +1494,9 @@ mod tests {
             },
         ];
         r.set_children(specs.clone(), 0);
-        assert_eq!(r.children.objects.len(), 2, "one name per object");
+        assert_eq!(r.children.key_ends.len(), 2, "one name per object");
+        assert_eq!(r.children.keys, "onetwo");
+        assert!(r.children.object_buckets.is_empty(), "one bucket");
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"states\":\"PPP\""), "{json}");
         let back: MapRun = serde_json::from_str(&json).unwrap();
@@ -1474,5 +1517,36 @@ mod tests {
         let bad = json.replace("\"PPP\"", "\"PXP\"");
         let err = serde_json::from_str::<MapRun>(&bad).unwrap_err();
         assert!(err.to_string().contains("'X'"), "{err}");
+    }
+
+    #[test]
+    fn children_across_buckets_keep_theirs() {
+        let spec = |b: &str, k: &str| ChildSpec {
+            bucket: b.into(),
+            key: k.into(),
+            row_groups: None,
+            first_index: 0,
+            items: None,
+        };
+        let specs = vec![
+            spec("a", "x"),
+            spec("b", "x"),
+            spec("a", "y"),
+            spec("a", ""),
+        ];
+        let c = Children::pack(specs.clone());
+        assert_eq!(c.buckets, ["a", "b"]);
+        assert!(c.first_index.is_empty() && c.items.is_empty(), "{c:?}");
+        for (i, s) in specs.iter().enumerate() {
+            let got = c.get(i).unwrap();
+            assert_eq!(
+                (got.bucket, got.key, got.items),
+                (s.bucket.as_str(), s.key.as_str(), None)
+            );
+        }
+        // Offsets out of range, as a damaged checkpoint could hold: no child, no panic.
+        let mut bad = c.clone();
+        bad.key_ends[1] = 999;
+        assert_eq!(bad.get(1), None);
     }
 }
