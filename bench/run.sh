@@ -197,9 +197,11 @@ cpu_of() { "$PY" "$BENCH/b45.py" cpu "$@"; }
 minus() { awk "BEGIN {printf \"%.2f\", $1 - $2}"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
+B3_SETS=${BENCH_B3_SETS:-"large tiny"}   # either or both
+b3_set() { [[ " $B3_SETS " == *" $1 "* ]]; }
 if want B3; then
   # 20 large files (the B1/B2 readings, in S3) and $TINY tiny files of 24 readings.
-  gen_s3 "large-$TAG/" --devices $DEVICES --days $DAYS --files 20
+  if b3_set large; then gen_s3 "large-$TAG/" --devices $DEVICES --days $DAYS --files 20; fi
   gen_s3 "tiny-$TAG/" --devices $TINY --days 1
   coordinator_up coordinator --state-uri "s3://$RESULTS_BUCKET/fleetmap-state/$FLEETMAP_QUEUE_PREFIX/"
   scale_workers 2
@@ -237,12 +239,16 @@ if want B3; then
     --results-prefix fm --wait -o json > /dev/null
   wipe_results
   for i in $(seq "$RUNS"); do   # interleaved, so load drift hits both tools alike
-    log "B3 run $i/$RUNS: large files (fleetmap, Celery)"
-    fm_run B3-large "large-$TAG/"
-    celery_run B3-large "large-$TAG/"
-    log "B3 run $i/$RUNS: tiny files (fleetmap, Celery)"
-    fm_run B3-tiny "tiny-$TAG/"
-    celery_run B3-tiny "tiny-$TAG/"
+    if b3_set large; then
+      log "B3 run $i/$RUNS: large files (fleetmap, Celery)"
+      fm_run B3-large "large-$TAG/"
+      celery_run B3-large "large-$TAG/"
+    fi
+    if b3_set tiny; then
+      log "B3 run $i/$RUNS: tiny files (fleetmap, Celery)"
+      fm_run B3-tiny "tiny-$TAG/"
+      celery_run B3-tiny "tiny-$TAG/"
+    fi
   done
   kill "$CELERY" 2>/dev/null; wait "$CELERY" 2>/dev/null || true
   scale_workers 0
@@ -298,10 +304,9 @@ if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
   # Coordinator memory, no workers (nothing consumes; each run has MaxConcurrency 1, so one
   # item per open run waits in RabbitMQ). 1) open runs of one item: bytes per open run;
   # 2) open runs of 10,000 items plus a backlog: bytes per item and per backlogged run.
-  # The scale is 1,000 open runs x 10,000 items; at the ~1 KB per pending item
-  # measured in Nov 2026 that is ~10 GB, so the default is 100 open runs (1 M items) and
-  # BENCH_COORD_OPEN_RUNS=1000 asks for the full scale.
-  if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=100; MEMBACKLOG=10000; fi
+  # The scale: 1,000 open runs x 10,000 items (~0.5 GB at ~50 B an item);
+  # BENCH_COORD_OPEN_RUNS sets fewer.
+  if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=1000; MEMBACKLOG=10000; fi
   MEMRUNS=${BENCH_COORD_OPEN_RUNS:-$MEMRUNS}
   "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-1.csv" 1
   "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" 10000
