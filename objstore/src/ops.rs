@@ -61,9 +61,6 @@ pub async fn get_suffix(
         .await;
     let out = match out {
         Ok(out) => out,
-        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-            return Err(not_found(bucket, key));
-        }
         // S3 answers a suffix range on an empty object with 416 InvalidRange.
         Err(err)
             if err
@@ -72,27 +69,14 @@ pub async fn get_suffix(
         {
             return Ok((Bytes::new(), head_size(c, bucket, key).await?));
         }
-        Err(err) => {
-            return Err(ObjStoreError::Get {
-                bucket: bucket.to_owned(),
-                key: key.to_owned(),
-                retryable: sdk_retryable(&err),
-                source: sdk_failure(err),
-            });
-        }
+        Err(err) => return Err(get_failed(bucket, key, err)),
     };
     // `bytes 100-199/200`; absent when the store sent the whole object (200 OK).
     let total = out
         .content_range()
         .and_then(|r| r.rsplit_once('/'))
         .and_then(|(_, total)| total.parse::<u64>().ok());
-    let body = out.body.collect().await.map_err(|err| ObjStoreError::Get {
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        retryable: true,
-        source: err.into(),
-    })?;
-    let body = body.into_bytes();
+    let body = collect(bucket, key, out.body).await?;
     let size = total.unwrap_or(body.len() as u64);
     if body.len() as u64 != size.min(n) {
         return Err(ObjStoreError::Get {
@@ -122,19 +106,34 @@ async fn get(
         .set_range(range)
         .send()
         .await
-        .map_err(|err| {
-            if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
-                not_found(bucket, key)
-            } else {
-                ObjStoreError::Get {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    retryable: sdk_retryable(&err),
-                    source: sdk_failure(err),
-                }
-            }
-        })?;
-    let body = out.body.collect().await.map_err(|err| ObjStoreError::Get {
+        .map_err(|err| get_failed(bucket, key, err))?;
+    collect(bucket, key, out.body).await
+}
+
+/// A GetObject that got no body: `NoSuchKey` is [`ObjStoreError::NotFound`].
+fn get_failed(
+    bucket: &str,
+    key: &str,
+    err: aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::get_object::GetObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> ObjStoreError {
+    if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+        not_found(bucket, key)
+    } else {
+        ObjStoreError::Get {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            retryable: sdk_retryable(&err),
+            source: sdk_failure(err),
+        }
+    }
+}
+
+/// Reads a GetObject body to the end.
+async fn collect(bucket: &str, key: &str, body: ByteStream) -> Result<Bytes, ObjStoreError> {
+    let body = body.collect().await.map_err(|err| ObjStoreError::Get {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
         // The connection broke mid-body; a fresh request may well succeed.

@@ -198,23 +198,10 @@ impl Harness {
 
     /// Every JSON line of every object under the results prefix.
     pub async fn result_records(&self) -> Vec<serde_json::Value> {
-        let keys =
-            fleetmap_objstore::list_keys(&self.client, RESULTS, &format!("{RESULTS_PREFIX}/"))
-                .await
-                .expect("list results");
-        let mut out = Vec::new();
-        for k in keys {
-            let body = fleetmap_objstore::get_bytes(&self.client, RESULTS, &k)
-                .await
-                .expect("get result");
-            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                out.push(
-                    serde_json::from_slice(line)
-                        .unwrap_or_else(|e| panic!("{k}: bad JSON line: {e}")),
-                );
-            }
-        }
-        out
+        ledger::results(&self.client, RESULTS, &format!("{RESULTS_PREFIX}/"), |_| {
+            true
+        })
+        .await
     }
 
     pub async fn get_json(&self, uri: &str) -> serde_json::Value {

@@ -22,7 +22,7 @@ use fleetmap_objstore::{ObjStoreError, S3Uri};
 use fleetmap_protocol::Topology;
 use fleetmap_sample::{GenConfig, GenReport, Reading};
 use fleetmap_tests::faultproxy::{FaultProxy, Faults};
-use fleetmap_tests::ledger::Ledger;
+use fleetmap_tests::ledger::{self, Ledger};
 use fleetmap_tests::{DATA, Harness, RESULTS, RESULTS_PREFIX, amqp_url, init_logs, oracle};
 use fleetmap_worker::config::WorkerConfig;
 use fleetmap_worker::consumer::{self, WorkerStats};
@@ -145,20 +145,10 @@ impl Fleet {
 
     /// Every analytics record in the results bucket, read directly from the server.
     async fn result_records(&self) -> Vec<Value> {
-        let prefix = format!("{RESULTS_PREFIX}/");
-        let mut out = Vec::new();
-        for key in fleetmap_objstore::list_keys(&self.direct, RESULTS, &prefix)
-            .await
-            .unwrap()
-        {
-            let body = fleetmap_objstore::get_bytes(&self.direct, RESULTS, &key)
-                .await
-                .unwrap();
-            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                out.push(serde_json::from_slice(line).unwrap());
-            }
-        }
-        out
+        ledger::results(&self.direct, RESULTS, &format!("{RESULTS_PREFIX}/"), |_| {
+            true
+        })
+        .await
     }
 
     async fn stop(mut self) {
