@@ -146,7 +146,7 @@ fn coordinator_killed_mid_run_resumes_with_exact_counters() {
 
 #[test]
 fn coordinator_killed_with_a_backlog_reopens_runs_in_the_same_order() {
-    let (_dir, _s3, env) = setup("backlog");
+    let (dir, _s3, env) = setup("backlog");
     let (mut c, url) = env.coordinator(&["--state-uri", STATE, "--open-map-run-limit", "1"]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url);
     let runs: Vec<String> = (0..3).map(|_| start_run(&env, "2")).collect();
@@ -161,7 +161,7 @@ fn coordinator_killed_with_a_backlog_reopens_runs_in_the_same_order() {
     });
     c.0.kill().unwrap();
     let _ = c.0.wait();
-    let (_c2, url2) = env.coordinator(&["--state-uri", STATE, "--open-map-run-limit", "1"]);
+    let (mut c2, url2) = env.coordinator(&["--state-uri", STATE, "--open-map-run-limit", "1"]);
     let env = env.with("FLEETMAP_COORDINATOR_URL", &url2);
     let a = env.json(&["admission"]);
     assert_eq!(
@@ -185,4 +185,48 @@ fn coordinator_killed_with_a_backlog_reopens_runs_in_the_same_order() {
         .map(|r| env.json(&["describe", r])["openOrder"].as_u64().unwrap())
         .collect();
     assert_eq!(orders, [1, 2, 3], "FIFO across the restart");
+
+    // Finished runs go to archive objects of their own, written once; the checkpoint names
+    // them. A second restart reads them back: same descriptions, same child executions.
+    let state = dir.path().join("fleetmap-results").join("fleetmap-state");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runs
+        .iter()
+        .all(|r| state.join("runs").join(format!("{r}.0.json")).is_file())
+    {
+        assert!(Instant::now() < deadline, "archives never written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before: Vec<(Value, Value)> = runs
+        .iter()
+        .map(|r| (env.json(&["describe", r]), env.json(&["executions", r])))
+        .collect();
+    c2.0.kill().unwrap();
+    let _ = c2.0.wait();
+    let newest = ["coordinator-state.0.json", "coordinator-state.1.json"]
+        .into_iter()
+        .filter_map(|slot| std::fs::read_to_string(state.join(slot)).ok())
+        .max_by_key(|body| serde_json::from_str::<Value>(body).unwrap()["generation"].as_u64())
+        .unwrap();
+    let named: Vec<String> = serde_json::from_str::<Value>(&newest).unwrap()["archived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        named, runs,
+        "the checkpoint names every finished run's archive"
+    );
+    assert!(
+        !newest.contains("deviceid_partition="),
+        "the checkpoint repeats a finished run's children instead of naming its archive"
+    );
+    let (_c3, url3) = env.coordinator(&["--state-uri", STATE, "--open-map-run-limit", "1"]);
+    let env = env.with("FLEETMAP_COORDINATOR_URL", &url3);
+    let after: Vec<(Value, Value)> = runs
+        .iter()
+        .map(|r| (env.json(&["describe", r]), env.json(&["executions", r])))
+        .collect();
+    assert_eq!(after, before, "finished runs come back from their archives");
 }

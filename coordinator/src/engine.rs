@@ -44,7 +44,9 @@ use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
 use crate::run::{Applied, ExecState, MapRun, RunId, RunStatus, Tolerance};
 use crate::spec::{RunSpec, validate};
-use crate::state::{RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore};
+use crate::state::{
+    ArchivedRunRef, RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore,
+};
 
 pub use broker::{AMQP_CONNECTED, AMQP_RECONNECTS};
 use broker::{Backoff, Link};
@@ -215,6 +217,21 @@ struct Entry {
     finalizing: bool,
     manifest_key: Option<String>,
     open_order: Option<u64>,
+    /// Finalized and written to its own archive object: checkpoints name it, no more.
+    archived: bool,
+}
+
+impl Entry {
+    fn snapshot(&self) -> RunSnapshotRef<'_> {
+        RunSnapshotRef {
+            run: &self.run,
+            spec: &self.spec,
+            writer_prefix: self.writer_prefix.to_string(),
+            finalized: self.finalized,
+            manifest_key: &self.manifest_key,
+            open_order: self.open_order,
+        }
+    }
 }
 
 /// Where the loop stands with the broker while it has no session.
@@ -310,7 +327,8 @@ impl Engine {
         self.open = snap.open;
         let mut to_settle = Vec::new();
         let mut to_read = Vec::new();
-        for r in snap.runs {
+        let archived = snap.archived_runs.into_iter().map(|r| (r, true));
+        for (r, archived) in snap.runs.into_iter().map(|r| (r, false)).chain(archived) {
             let id = r.run.id.clone();
             let writer_prefix = S3Uri::parse_prefix(&r.writer_prefix).unwrap_or(S3Uri {
                 bucket: r.spec.results.bucket.clone(),
@@ -332,6 +350,7 @@ impl Engine {
                     finalizing: false,
                     manifest_key: r.manifest_key,
                     open_order: r.open_order,
+                    archived,
                 },
             );
         }
@@ -378,23 +397,45 @@ impl Engine {
             return Some(wait.saturating_sub(since));
         }
         let started = std::time::Instant::now();
+        // Newly finished runs first: a checkpoint may name only archives already durable.
+        let finished: Vec<RunSnapshotRef<'_>> = self
+            .created
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|e| e.finalized && !e.archived)
+            .map(Entry::snapshot)
+            .collect();
+        if !finished.is_empty() {
+            let (done, error) = store.archive(&finished).await;
+            drop(finished);
+            for a in &done {
+                if let Some(e) = self.runs.get_mut(&a.id) {
+                    e.archived = true;
+                }
+            }
+            if let Some(e) = error {
+                warn!(error = %e, "archiving finished runs failed; outcomes stay unacked until it succeeds");
+                self.last_save = std::time::Instant::now();
+                return Some(std::time::Duration::from_millis(500));
+            }
+        }
         let generation = store.next_generation();
         let body = {
+            let (archived, inline): (Vec<&Entry>, Vec<&Entry>) = self
+                .created
+                .iter()
+                .filter_map(|id| self.runs.get(id))
+                .partition(|e| e.archived);
             let snap = SnapshotRef {
                 version: STATE_VERSION,
                 generation,
                 saved_ms: now_ms(),
-                runs: self
-                    .created
-                    .iter()
-                    .filter_map(|id| self.runs.get(id))
-                    .map(|e| RunSnapshotRef {
-                        run: &e.run,
-                        spec: &e.spec,
-                        writer_prefix: e.writer_prefix.to_string(),
-                        finalized: e.finalized,
-                        manifest_key: &e.manifest_key,
-                        open_order: e.open_order,
+                runs: inline.into_iter().map(Entry::snapshot).collect(),
+                archived: archived
+                    .into_iter()
+                    .map(|e| ArchivedRunRef {
+                        id: &e.run.id,
+                        redrive_count: e.run.redrive_count,
                     })
                     .collect(),
                 open: &self.open,
@@ -760,6 +801,7 @@ impl Engine {
                 finalizing: false,
                 manifest_key: None,
                 open_order: None,
+                archived: false,
             },
         );
         self.created.push(id.clone());
@@ -961,6 +1003,7 @@ impl Engine {
             .map_err(|r| CoordinatorError::Conflict(r.0))?;
         e.finalized = false;
         e.finalizing = false;
+        e.archived = false;
         e.manifest_key = None;
         info!(run = %id, executions = n, redrive_count = e.run.redrive_count, "map run redriven");
         self.request_admission(id);

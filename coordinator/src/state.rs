@@ -1,8 +1,14 @@
 //! The coordinator's checkpoint in the object store: persist before ack.
 //!
-//! The whole control-plane state — every run (spec, per-execution state, counters,
-//! histories), the admission backlog in order, items awaiting re-publication — is written as
-//! one JSON object. Two objects take turns (`coordinator-state.0.json`, `.1.json`, chosen by
+//! The control-plane state — every run still in motion (spec, per-execution state,
+//! counters, histories), the admission backlog in order, items awaiting re-publication — is
+//! written as one JSON object. A run that has finished and written its results no longer
+//! changes, so it is written once, to an object of its own (`runs/<id>.<redrive>.json`),
+//! before the first checkpoint that names it; checkpoints then carry only its id. Without
+//! that, every checkpoint rewrote every run ever held, and its cost (and the latency of
+//! every acknowledged change) grew without bound. A redrive puts the run back in the
+//! checkpoint; its next archive has a new key, so an archive object, once named by a
+//! checkpoint, is never overwritten. Two objects take turns (`coordinator-state.0.json`, `.1.json`, chosen by
 //! the snapshot's generation), so a save never overwrites the last one that succeeded: a
 //! store that is not atomic (or a writer killed mid-PUT on one) can tear at most the newer
 //! object, one whose PUT was never confirmed and so covers nothing acked or answered, and
@@ -16,6 +22,7 @@
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use fleetmap_objstore::{ObjStoreError, S3Uri, get_bytes, put_bytes};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -33,6 +40,9 @@ const SLOTS: [&str; 2] = ["coordinator-state.0.json", "coordinator-state.1.json"
 /// A torn read may be a GET racing a PUT the store has not finished; look once more before
 /// calling the object torn.
 const TORN_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Archived runs read or written at once: enough to hide the store's latency, few enough
+/// not to open a connection per run.
+const ARCHIVE_IO: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunSnapshot {
@@ -53,6 +63,13 @@ pub struct Snapshot {
     pub generation: u64,
     pub saved_ms: i64,
     pub runs: Vec<RunSnapshot>,
+    /// Finished runs kept in objects of their own, in creation order. Absent in checkpoints
+    /// written before archiving existed, which hold every run in `runs`.
+    #[serde(default)]
+    pub archived: Vec<ArchivedRun>,
+    /// The runs `archived` names, read by [`StateStore::load`].
+    #[serde(skip)]
+    pub archived_runs: Vec<RunSnapshot>,
     /// Open runs in dispatch rotation.
     pub open: Vec<RunId>,
     pub admission: AdmissionControl,
@@ -60,6 +77,26 @@ pub struct Snapshot {
     pub opened: u64,
     pub runs_finished: u64,
     pub executions_finished: u64,
+}
+
+/// A finished run's archive object, as a checkpoint names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedRun {
+    pub id: RunId,
+    pub redrive_count: u32,
+}
+
+/// The body of an archive object: one finished run, with the state version that wrote it.
+#[derive(Deserialize)]
+struct Archive {
+    version: u32,
+    run: RunSnapshot,
+}
+
+#[derive(Serialize)]
+struct ArchiveRef<'a> {
+    version: u32,
+    run: &'a RunSnapshotRef<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +177,7 @@ impl StateStore {
                         .as_ref()
                         .is_none_or(|n| snap.generation > n.generation)
                     {
-                        newest = Some(snap);
+                        newest = Some(*snap);
                     }
                 }
             }
@@ -161,13 +198,96 @@ impl StateStore {
                         reason,
                     });
                 }
-                Slot::Ok(snap) => Some(snap),
+                Slot::Ok(snap) => Some(*snap),
             };
         }
-        if let Some(snap) = &newest {
+        if let Some(snap) = &mut newest {
             self.durable = snap.generation;
+            snap.archived_runs = self.load_archived(&snap.archived).await?;
         }
         Ok(newest)
+    }
+
+    fn archive_object(id: &RunId, redrive_count: u32) -> String {
+        format!("runs/{id}.{redrive_count}.json")
+    }
+
+    /// Reads the archives a durable checkpoint names. Each was confirmed before that
+    /// checkpoint was written, so one that is missing or unreadable was lost or damaged
+    /// behind the coordinator's back: the start stops and names it rather than forget a run.
+    async fn load_archived(&self, refs: &[ArchivedRun]) -> Result<Vec<RunSnapshot>, StateError> {
+        // Owned futures: the engine's task must be `Send` for every lifetime, which futures
+        // borrowing from a closure's argument are not.
+        let reads: Vec<_> = refs
+            .iter()
+            .map(|r| {
+                let object = Self::archive_object(&r.id, r.redrive_count);
+                read_archive(
+                    self.s3.clone(),
+                    self.bucket.clone(),
+                    self.key(&object),
+                    self.uri_of(&object),
+                    r.clone(),
+                )
+            })
+            .collect();
+        futures::stream::iter(reads)
+            .buffered(ARCHIVE_IO)
+            .try_collect()
+            .await
+    }
+
+    /// Writes finished runs to their archive objects, [`ARCHIVE_IO`] at a time. Returns the
+    /// ones that are durable, in the order given, and the first error if any failed: those
+    /// stay in the checkpoint until a later attempt archives them.
+    pub async fn archive(
+        &self,
+        runs: &[RunSnapshotRef<'_>],
+    ) -> (Vec<ArchivedRun>, Option<StateError>) {
+        let mut first_error = None;
+        let mut puts = Vec::with_capacity(runs.len());
+        for r in runs {
+            let id = &r.run.id;
+            let object = Self::archive_object(id, r.run.redrive_count);
+            let archived = ArchivedRun {
+                id: id.clone(),
+                redrive_count: r.run.redrive_count,
+            };
+            let body = ArchiveRef {
+                version: STATE_VERSION,
+                run: r,
+            };
+            match serde_json::to_vec(&body) {
+                Ok(body) => puts.push(put_archive(
+                    self.s3.clone(),
+                    self.bucket.clone(),
+                    self.key(&object),
+                    self.uri_of(&object),
+                    body,
+                    archived,
+                )),
+                Err(e) => {
+                    first_error.get_or_insert(StateError::Corrupt {
+                        uri: self.uri_of(&object),
+                        reason: format!("cannot serialise map run {id}: {e}"),
+                    });
+                }
+            }
+        }
+        let results: Vec<Result<ArchivedRun, StateError>> = futures::stream::iter(puts)
+            .buffered(ARCHIVE_IO)
+            .collect()
+            .await;
+        let mut done = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(a) => done.push(a),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (done, first_error)
     }
 
     async fn read(&self, object: &str) -> Result<Slot, StateError> {
@@ -215,7 +335,7 @@ impl StateStore {
             Ok(snap) => snap,
             Err(e) => return Ok(Slot::Torn(e.to_string())),
         };
-        Ok(Slot::Ok(snap))
+        Ok(Slot::Ok(Box::new(snap)))
     }
 
     /// Writes the snapshot of `generation` (from [`StateStore::next_generation`]) into the
@@ -239,11 +359,64 @@ impl StateStore {
     }
 }
 
+/// Reads one archive object and checks it holds the run the checkpoint names.
+async fn read_archive(
+    s3: Client,
+    bucket: String,
+    key: String,
+    uri: String,
+    r: ArchivedRun,
+) -> Result<RunSnapshot, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        uri: uri.clone(),
+        reason,
+    };
+    let body = match get_bytes(&s3, &bucket, &key).await {
+        Ok(body) => body,
+        Err(ObjStoreError::NotFound { .. }) => {
+            return Err(corrupt(format!(
+                "the checkpoint names finished map run {} (redrive {}) but its archive is missing",
+                r.id, r.redrive_count
+            )));
+        }
+        Err(e) if e.is_checksum_mismatch() => return Err(corrupt(e.to_string())),
+        Err(source) => return Err(StateError::Store { uri, source }),
+    };
+    let archive: Archive = serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
+    if archive.version != STATE_VERSION {
+        return Err(corrupt(format!(
+            "state version {} is not {STATE_VERSION}, which this build reads",
+            archive.version
+        )));
+    }
+    if archive.run.run.id != r.id || archive.run.run.redrive_count != r.redrive_count {
+        return Err(corrupt(format!(
+            "holds map run {} (redrive {}), not the {} (redrive {}) the checkpoint names",
+            archive.run.run.id, archive.run.run.redrive_count, r.id, r.redrive_count
+        )));
+    }
+    Ok(archive.run)
+}
+
+async fn put_archive(
+    s3: Client,
+    bucket: String,
+    key: String,
+    uri: String,
+    body: Vec<u8>,
+    archived: ArchivedRun,
+) -> Result<ArchivedRun, StateError> {
+    put_bytes(&s3, &bucket, &key, Bytes::from(body), "application/json")
+        .await
+        .map(|()| archived)
+        .map_err(|source| StateError::Store { uri, source })
+}
+
 enum Slot {
     Missing,
     /// The object exists but is not a whole snapshot; why.
     Torn(String),
-    Ok(Snapshot),
+    Ok(Box<Snapshot>),
 }
 
 /// The same shape as [`Snapshot`], borrowed, for saving without cloning the state.
@@ -253,6 +426,7 @@ pub struct SnapshotRef<'a> {
     pub generation: u64,
     pub saved_ms: i64,
     pub runs: Vec<RunSnapshotRef<'a>>,
+    pub archived: Vec<ArchivedRunRef<'a>>,
     pub open: &'a [RunId],
     pub admission: &'a AdmissionControl,
     pub republish: Vec<&'a (RunId, u32, u32)>,
@@ -269,4 +443,11 @@ pub struct RunSnapshotRef<'a> {
     pub finalized: bool,
     pub manifest_key: &'a Option<String>,
     pub open_order: Option<u64>,
+}
+
+/// The same shape as [`ArchivedRun`], borrowed.
+#[derive(Serialize)]
+pub struct ArchivedRunRef<'a> {
+    pub id: &'a RunId,
+    pub redrive_count: u32,
 }

@@ -1,11 +1,18 @@
 //! The checkpoint's two slots against the real loopback S3-protocol server: a torn newer
 //! slot falls back to the older one; a torn only copy or a store that refuses us stops the
-//! start instead of passing for a first start.
+//! start instead of passing for a first start. Finished runs live in archive objects of
+//! their own that the checkpoint names; one gone missing stops the start too.
 
+use fleetmap_coordinator::ItemSource;
 use fleetmap_coordinator::admission::AdmissionControl;
-use fleetmap_coordinator::state::{STATE_VERSION, SnapshotRef, StateError, StateStore};
+use fleetmap_coordinator::run::{ChildSpec, MapRun, RunId, Tolerance};
+use fleetmap_coordinator::spec::RunSpec;
+use fleetmap_coordinator::state::{
+    ArchivedRun, ArchivedRunRef, RunSnapshotRef, STATE_VERSION, SnapshotRef, StateError, StateStore,
+};
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{S3Uri, ensure_bucket, put_bytes};
+use fleetmap_protocol::ResultTarget;
 
 const BUCKET: &str = "state";
 
@@ -16,6 +23,7 @@ fn body(generation: u64, opened: u64) -> Vec<u8> {
         generation,
         saved_ms: 0,
         runs: Vec::new(),
+        archived: Vec::new(),
         open: &[],
         admission: &admission,
         republish: Vec::new(),
@@ -149,5 +157,180 @@ async fn a_legacy_single_object_checkpoint_is_refused_by_name_not_ignored() {
         "{msg}"
     );
     assert!(msg.contains("state version 1 is not"), "{msg}");
+    server.shutdown().await;
+}
+
+/// A finished-looking run with `children` children.
+fn finished_run(id: &str, redrive_count: u32, children: u32) -> (MapRun, RunSpec) {
+    let mut run = MapRun::new(RunId(id.into()), None, 0, Tolerance::default(), 1);
+    run.set_children(
+        (0..children)
+            .map(|i| ChildSpec {
+                bucket: "data".into(),
+                key: format!("part-{i}.parquet"),
+                row_groups: None,
+                first_index: 0,
+                items: None,
+            })
+            .collect(),
+        1,
+    );
+    run.redrive_count = redrive_count;
+    let spec = RunSpec::new(
+        ItemSource::Prefix {
+            uri: "s3://data/".into(),
+        },
+        ResultTarget {
+            bucket: "results".into(),
+            prefix: String::new(),
+        },
+    );
+    (run, spec)
+}
+
+fn snapshot_ref<'a>(run: &'a MapRun, spec: &'a RunSpec) -> RunSnapshotRef<'a> {
+    RunSnapshotRef {
+        run,
+        spec,
+        writer_prefix: "s3://results/mapruns/".into(),
+        finalized: true,
+        manifest_key: &None,
+        open_order: Some(1),
+    }
+}
+
+/// A checkpoint of `generation` that names `archived` and holds nothing inline.
+fn body_naming(generation: u64, archived: &[ArchivedRun]) -> Vec<u8> {
+    let admission = AdmissionControl::new(7);
+    serde_json::to_vec(&SnapshotRef {
+        version: STATE_VERSION,
+        generation,
+        saved_ms: 0,
+        runs: Vec::new(),
+        archived: archived
+            .iter()
+            .map(|a| ArchivedRunRef {
+                id: &a.id,
+                redrive_count: a.redrive_count,
+            })
+            .collect(),
+        open: &[],
+        admission: &admission,
+        republish: Vec::new(),
+        opened: 2,
+        runs_finished: 2,
+        executions_finished: 0,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn finished_runs_are_archived_once_and_read_back_in_the_named_order() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let (a, a_spec) = finished_run("run-a", 0, 3);
+    let (b, b_spec) = finished_run("run-b", 2, 5);
+    let (done, error) = store
+        .archive(&[snapshot_ref(&a, &a_spec), snapshot_ref(&b, &b_spec)])
+        .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        done,
+        [
+            ArchivedRun {
+                id: RunId("run-a".into()),
+                redrive_count: 0
+            },
+            ArchivedRun {
+                id: RunId("run-b".into()),
+                redrive_count: 2
+            }
+        ]
+    );
+    let runs = server.root().join(BUCKET).join("coord").join("runs");
+    assert!(runs.join("run-a.0.json").is_file());
+    assert!(
+        runs.join("run-b.2.json").is_file(),
+        "the redrive is in the key"
+    );
+
+    let generation = store.next_generation();
+    let body = body_naming(generation, &done);
+    assert!(
+        !String::from_utf8_lossy(&body).contains("part-0.parquet"),
+        "the checkpoint names archived runs, it does not repeat them"
+    );
+    store.save(generation, body).await.unwrap();
+
+    let snap = StateStore::new(client, &prefix)
+        .load()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert!(snap.runs.is_empty());
+    let back: Vec<(String, u32, u32)> = snap
+        .archived_runs
+        .iter()
+        .map(|r| {
+            (
+                r.run.id.0.clone(),
+                r.run.redrive_count,
+                r.run.counts().total as u32,
+            )
+        })
+        .collect();
+    assert_eq!(back, [("run-a".into(), 0, 3), ("run-b".into(), 2, 5)]);
+    assert!(snap.archived_runs.iter().all(|r| r.finalized));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_archive_stops_the_start_and_names_it() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let generation = store.next_generation();
+    let gone = [ArchivedRun {
+        id: RunId("run-gone".into()),
+        redrive_count: 1,
+    }];
+    store
+        .save(generation, body_naming(generation, &gone))
+        .await
+        .unwrap();
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("s3://state/coord/runs/run-gone.1.json"),
+        "{msg}"
+    );
+    assert!(msg.contains("missing"), "{msg}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_archive_of_another_run_is_refused_by_name() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let (a, a_spec) = finished_run("run-a", 0, 1);
+    let (done, error) = store.archive(&[snapshot_ref(&a, &a_spec)]).await;
+    assert!(error.is_none(), "{error:?}");
+    // Someone copies run-a's archive over run-b's name.
+    let dir = server.root().join(BUCKET).join("coord").join("runs");
+    std::fs::copy(dir.join("run-a.0.json"), dir.join("run-b.0.json")).unwrap();
+    let mut named = done;
+    named.push(ArchivedRun {
+        id: RunId("run-b".into()),
+        redrive_count: 0,
+    });
+    let generation = store.next_generation();
+    store
+        .save(generation, body_naming(generation, &named))
+        .await
+        .unwrap();
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("runs/run-b.0.json"), "{msg}");
+    assert!(msg.contains("holds map run run-a"), "{msg}");
     server.shutdown().await;
 }

@@ -63,6 +63,8 @@ struct Fleet {
     direct: Client,
     proxy: FaultProxy,
     topology: Topology,
+    /// The S3 client through the proxy, as every process under test has it.
+    faulty: Client,
     coordinator: Option<Coordinator>,
     coordinator_stop: CancellationToken,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -81,19 +83,7 @@ impl Fleet {
         let faulty = fleetmap_objstore::client(&proxy.config(&s3.config())).await;
         let topology = Topology::new(format!("fmfault-{}", uuid::Uuid::new_v4().simple()));
         let coordinator_stop = CancellationToken::new();
-        let state = S3Uri::parse_prefix(&format!("s3://{DATA}/coordinator/")).unwrap();
-        let coordinator = Coordinator::start(
-            CoordinatorConfig {
-                amqp_url: amqp_url(),
-                topology: topology.clone(),
-                open_map_run_limit: 10,
-                state: Some(state),
-            },
-            faulty.clone(),
-            coordinator_stop.clone(),
-        )
-        .await
-        .expect("start coordinator (is RabbitMQ running?)");
+        let coordinator = start_coordinator(&topology, &faulty, &coordinator_stop).await;
         let stats = Arc::new(WorkerStats::default());
         let workers = (1..=workers)
             .map(|i| {
@@ -112,10 +102,22 @@ impl Fleet {
             direct,
             proxy,
             topology,
+            faulty,
             coordinator: Some(coordinator),
             coordinator_stop,
             workers,
         }
+    }
+
+    /// Stops the coordinator gracefully and starts another on the same checkpoint.
+    async fn restart_coordinator(&mut self) {
+        self.coordinator_stop.cancel();
+        if let Some(c) = self.coordinator.take() {
+            c.join().await.expect("coordinator stops cleanly");
+        }
+        self.coordinator_stop = CancellationToken::new();
+        self.coordinator =
+            Some(start_coordinator(&self.topology, &self.faulty, &self.coordinator_stop).await);
     }
 
     async fn run_to_end(
@@ -170,6 +172,27 @@ impl Fleet {
         drop(self.proxy);
         self.s3.shutdown().await;
     }
+}
+
+/// The fleet's coordinator, checkpointing under `s3://{DATA}/coordinator/`.
+async fn start_coordinator(
+    topology: &Topology,
+    s3: &Client,
+    stop: &CancellationToken,
+) -> Coordinator {
+    let state = S3Uri::parse_prefix(&format!("s3://{DATA}/coordinator/")).unwrap();
+    Coordinator::start(
+        CoordinatorConfig {
+            amqp_url: amqp_url(),
+            topology: topology.clone(),
+            open_map_run_limit: 10,
+            state: Some(state),
+        },
+        s3.clone(),
+        stop.clone(),
+    )
+    .await
+    .expect("start coordinator (is RabbitMQ running?)")
 }
 
 async fn generate(direct: &Client, cfg: GenConfig) -> GenReport {
@@ -474,4 +497,73 @@ async fn proxy_forwards_signed_requests_and_s3_classifies_its_faults() {
     }
     assert_eq!((denied.counts().requests, denied.counts().denied), (2, 2));
     s3.shutdown().await;
+}
+
+/// A run that finished is archived once under its redrive count; a redrive puts it back in
+/// the checkpoint and its next end writes a new archive beside the first. A restarted
+/// coordinator reads the newest back, with the denied child still failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_run_is_archived_again_under_its_new_redrive_count() {
+    let (s3, direct) = store().await;
+    let generated = generate(&direct, GenConfig::default()).await;
+    let faults = Faults {
+        deny: vec![format!("/{DATA}/{}", generated.files[1])],
+        ..Faults::default()
+    };
+    let mut fleet = Fleet::start((s3, direct), faults, 1, 2).await;
+    let (id, d) = fleet
+        .run_to_end(manifest(&generated), Tolerance::default())
+        .await;
+    assert_eq!(d.status, RunStatus::Failed, "{d:#?}");
+    let archives = fleet.s3.root().join(DATA).join("coordinator").join("runs");
+    let archive = |redrive: u32| archives.join(format!("{id}.{redrive}.json"));
+    let wait_for = |path: std::path::PathBuf| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !path.is_file() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never written",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_for(archive(0)).await;
+
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    h.redrive(&id).await.unwrap();
+    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        .await
+        .expect("the redrive ends")
+        .unwrap();
+    assert_eq!(
+        (d.status, d.redrive_count),
+        (RunStatus::Failed, 1),
+        "{d:#?}"
+    );
+    wait_for(archive(1)).await;
+    assert!(
+        archive(0).is_file(),
+        "an archive a checkpoint named is never rewritten"
+    );
+
+    fleet.restart_coordinator().await;
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let back = h.describe(&id).await.unwrap();
+    assert_eq!(
+        (back.status, back.redrive_count, back.execution_counts),
+        (d.status, 1, d.execution_counts),
+        "{back:#?}"
+    );
+    let page = PageRequest {
+        max_results: None,
+        next_token: None,
+    };
+    let failed = h
+        .executions(&id, Some(ExecState::Failed), page)
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1, "{failed:#?}");
+    assert!(failed.items[0].source.ends_with(&generated.files[1]));
+    fleet.stop().await;
 }
