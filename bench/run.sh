@@ -93,10 +93,12 @@ one_core() { taskset -c 0 "$@"; }
 if want B1; then
   for i in $(seq "$RUNS"); do
     log "B1 run $i/$RUNS"
-    one_core "$FB" b1 "${FILES[@]}" >> "$RESULTS"
-    one_core "$FB" b1-records "${FILES[@]}" >> "$RESULTS"
-    one_core "$PY" "$BENCH/b12.py" duckdb-b1 "$LIST" >> "$RESULTS"
-    one_core "$PY" "$BENCH/b12.py" pyarrow-b1 "$LIST" >> "$RESULTS"
+    {
+      one_core "$FB" b1 "${FILES[@]}"
+      one_core "$FB" b1-records "${FILES[@]}"
+      one_core "$PY" "$BENCH/b12.py" duckdb-b1 "$LIST"
+      one_core "$PY" "$BENCH/b12.py" pyarrow-b1 "$LIST"
+    } >> "$RESULTS"
   done
 fi
 if want B2; then
@@ -120,32 +122,14 @@ STACK=0
 if want B3 || want B4 || want B5; then
   STACK=1
   # Three free ports, and a base whose next 9 ports are free (worker-i's /metrics on base+i).
-  read -r S3P COORDP NULLP WBASE <<<"$("$PY" - <<'PYEOF'
-import random, socket
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-ss = [socket.socket() for _ in range(3)]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-ports = [s.getsockname()[1] for s in ss]
-while True:
-    base = random.randrange(20000, 60000)
-    rng = range(base + 1, base + 10)
-    if all(free(p) for p in rng) and not set(ports) & set(rng):
-        print(*ports, base)
-        break
-PYEOF
-)"
+  # shellcheck source-path=SCRIPTDIR/.. source=deploy/local/ports.sh
+  . "$ROOT/deploy/local/ports.sh"
+  read -r S3P COORDP NULLP WBASE <<<"$(free_ports 3 9)"
   export FLEETMAP_BIN=$FM FLEETMAP_RUN_DIR=$DATA/stack FLEETMAP_QUEUE_PREFIX=fmbench-$$
   export FLEETMAP_LOCAL_S3_PORT=$S3P FLEETMAP_LOCAL_COORDINATOR_PORT=$COORDP
   export FLEETMAP_LOCAL_WORKER_PORT_BASE=$WBASE
   export CELERY_QUEUE=fmbench-$$-celery RUST_LOG=warn
-  # shellcheck source=../deploy/local/lib.sh
+  # shellcheck source-path=SCRIPTDIR/.. source=deploy/local/lib.sh
   . "$ROOT/deploy/local/lib.sh"
   mkdir -p "$RUN_DIR"/{pids,logs,s3}
   # Stale logs out: load_s3_env reads the endpoint from logs/s3.out, possibly before the
@@ -235,7 +219,8 @@ if want B3; then
   cat "$S3DATA/large-$TAG"/*/* "$S3DATA/large-$TAG"/* > /dev/null 2>&1 || true
   head -n 20 "$S3DATA/tiny-$TAG/manifest.csv" | sed "s|^s3://$DATA_BUCKET/||" > "$OUT/keys.list"
   (cd "$BENCH" && "$PY" celery_run.py "$DATA_BUCKET" "$OUT/keys.list" "$RESULTS_BUCKET") > /dev/null
-  "$FM" start --objects $(head -n 20 "$S3DATA/tiny-$TAG/manifest.csv") --results-bucket "$RESULTS_BUCKET" \
+  mapfile -t WARM < <(head -n 20 "$S3DATA/tiny-$TAG/manifest.csv")
+  "$FM" start --objects "${WARM[@]}" --results-bucket "$RESULTS_BUCKET" \
     --results-prefix fm --wait -o json > /dev/null
   wipe_results
   for i in $(seq "$RUNS"); do   # interleaved, so load drift hits both tools alike
@@ -319,7 +304,7 @@ if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
   log "B5 coordinator: $MEMRUNS open runs x 10,000 items + $MEMBACKLOG in the backlog"
   coordinator_up coordinator --open-map-run-limit "$MEMRUNS"
   "$PY" "$BENCH/b45.py" coord-mem --api "$API" --pid "$(pid_of coordinator)" --bench B5-coord-items \
-    --manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" --items 10000 --runs $MEMRUNS \
+    --manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" --items 10000 --runs "$MEMRUNS" \
     --backlog $MEMBACKLOG >> "$RESULTS"
   stop_proc coordinator 30
   rabbitmqctl -q purge_queue "$FLEETMAP_QUEUE_PREFIX.items" >/dev/null 2>&1 || true

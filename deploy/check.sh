@@ -232,7 +232,7 @@ PROM_PID=
 # --- 7. image and scripts --------------------------------------------------------------------
 section "Dockerfile, .dockerignore, shell scripts"
 "$PY" deploy/check/checks.py dockerfile deploy/Dockerfile
-shellcheck -x deploy/check.sh deploy/local/*.sh
-echo "  ok    shellcheck deploy/check.sh deploy/local/*.sh"
+shellcheck -x deploy/check.sh deploy/local/*.sh bench/run.sh tests/reliability.sh .ci/run
+echo "  ok    shellcheck deploy/check.sh deploy/local/*.sh bench/run.sh tests/reliability.sh .ci/run"
 
 section "all passed in $((SECONDS - t0)) s"

@@ -9,7 +9,7 @@
 # table (it reports before it asserts) and makes this script exit non-zero.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 FLEETMAP_RELIABILITY_REPORT=$report cargo test --workspace --locked \

@@ -32,27 +32,9 @@ done
 
 max_workers=$(tr ' ' '\n' <<<"$worker_counts" | sort -n | tail -n 1)
 # Two free ports, and a base whose next max_workers ports are free (worker-i's /metrics).
-read -r s3_port coordinator_port worker_base <<<"$(python3 - "$max_workers" <<'EOF'
-import random, socket, sys
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-n = int(sys.argv[1])
-ss = [socket.socket() for _ in range(2)]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-ports = [s.getsockname()[1] for s in ss]
-for _ in range(1000):
-    base = random.randrange(20000, 60000)
-    if all(free(base + i) for i in range(1, n + 1)) and not set(ports) & set(range(base + 1, base + n + 1)):
-        print(*ports, base)
-        break
-EOF
-)"
+# shellcheck source-path=SCRIPTDIR source=ports.sh
+. "$here/ports.sh"
+read -r s3_port coordinator_port worker_base <<<"$(free_ports 2 "$max_workers")"
 FLEETMAP_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/fleetmap-scaling.XXXXXX")
 export FLEETMAP_RUN_DIR
 export FLEETMAP_QUEUE_PREFIX=fleetmap-scaling-$$
