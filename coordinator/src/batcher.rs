@@ -50,30 +50,47 @@ pub struct FileLayout {
 /// Plans the child executions of a run, in manifest order, with each child's map context
 /// `Index` (the run-wide index of its first reading).
 pub fn plan(files: &[FileLayout], batcher: Option<&ItemBatcher>) -> Vec<ChildSpec> {
+    let mut planner = Planner::new(batcher.copied());
     let mut children = Vec::new();
-    let mut index = 0u64;
     for f in files {
-        let Some(groups) = &f.row_groups else {
-            children.push(ChildSpec {
-                bucket: f.bucket.clone(),
-                key: f.key.clone(),
-                row_groups: None,
-                first_index: index,
-                items: None,
-            });
-            continue;
+        planner.add(f, &mut children);
+    }
+    children
+}
+
+/// [`plan`] one file at a time, so the item reader can hand a run its first child
+/// executions while it is still reading the footers of the rest: a file's children depend
+/// only on its own layout and the readings of the files before it.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    batcher: Option<ItemBatcher>,
+    /// Map context `Index` of the next file's first reading.
+    index: u64,
+}
+
+impl Planner {
+    pub fn new(batcher: Option<ItemBatcher>) -> Self {
+        Planner { batcher, index: 0 }
+    }
+
+    /// Appends the child executions of the next file in manifest order to `out`.
+    pub fn add(&mut self, f: &FileLayout, out: &mut Vec<ChildSpec>) {
+        let child = |row_groups, first_index, items| ChildSpec {
+            bucket: f.bucket.clone(),
+            key: f.key.clone(),
+            row_groups,
+            first_index,
+            items,
         };
-        let Some(b) = batcher else {
+        let Some(groups) = &f.row_groups else {
+            out.push(child(None, self.index, None));
+            return;
+        };
+        let Some(b) = &self.batcher else {
             let rows: u64 = groups.iter().map(|(r, _)| r).sum();
-            children.push(ChildSpec {
-                bucket: f.bucket.clone(),
-                key: f.key.clone(),
-                row_groups: None,
-                first_index: index,
-                items: Some(rows),
-            });
-            index += rows;
-            continue;
+            out.push(child(None, self.index, Some(rows)));
+            self.index += rows;
+            return;
         };
         let max_rows = b.max_items_per_batch.unwrap_or(u64::MAX);
         let max_bytes = b.max_input_bytes_per_batch.unwrap_or(u64::MAX);
@@ -90,28 +107,19 @@ pub fn plan(files: &[FileLayout], batcher: Option<&ItemBatcher>) -> Vec<ChildSpe
                 bytes = bytes.saturating_add(by);
                 end += 1;
             }
-            children.push(ChildSpec {
-                bucket: f.bucket.clone(),
-                key: f.key.clone(),
-                row_groups: Some((start as u32, end as u32)),
-                first_index: index,
-                items: Some(rows),
-            });
-            index += rows;
+            out.push(child(
+                Some((start as u32, end as u32)),
+                self.index,
+                Some(rows),
+            ));
+            self.index += rows;
             start = end;
         }
         // A file with no row groups still gets a child, so it shows up in the results.
         if groups.is_empty() {
-            children.push(ChildSpec {
-                bucket: f.bucket.clone(),
-                key: f.key.clone(),
-                row_groups: Some((0, 0)),
-                first_index: index,
-                items: Some(0),
-            });
+            out.push(child(Some((0, 0)), self.index, Some(0)));
         }
     }
-    children
 }
 
 #[cfg(test)]
@@ -222,6 +230,32 @@ mod tests {
                 (Some((0, 0)), 72, Some(0))
             ]
         );
+    }
+
+    #[test]
+    fn planning_file_by_file_gives_the_same_children_as_planning_all_at_once() {
+        let files = [
+            file("a", &[(24, 1), (10, 5)]),
+            FileLayout {
+                bucket: "data".into(),
+                key: "missing".into(),
+                row_groups: None,
+            },
+            file("b", &[(7, 1)]),
+            file("empty", &[]),
+        ];
+        let b = ItemBatcher {
+            max_items_per_batch: Some(20),
+            max_input_bytes_per_batch: None,
+        };
+        for batcher in [None, Some(b)] {
+            let mut planner = Planner::new(batcher);
+            let mut one_by_one = Vec::new();
+            for f in &files {
+                planner.add(f, &mut one_by_one);
+            }
+            assert_eq!(one_by_one, plan(&files, batcher.as_ref()));
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, AdmissionControl};
-use crate::batcher::{self, FileLayout};
+use crate::batcher::{FileLayout, Planner};
 use crate::error::CoordinatorError;
 use crate::handle::{
     AdmissionView, ChildExecution, Command, CoordinatorHandle, Page, PageRequest, RunDescription,
@@ -42,7 +42,7 @@ use crate::handle::{
 use crate::metrics as m;
 use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
-use crate::run::{Applied, ExecState, MapRun, RunId, RunStatus, Tolerance};
+use crate::run::{Applied, ChildSpec, ExecState, MapRun, RunId, RunStatus, Tolerance};
 use crate::spec::{RunSpec, validate};
 use crate::state::{
     ArchivedRunRef, RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore,
@@ -82,14 +82,85 @@ const CHECKPOINT_AFTER_OUTCOMES: usize = 500;
 const CHECKPOINT_COST_RATIO: u32 = 3;
 
 enum Event {
+    /// The next stretch of a run's children, planned in order: `start` is the index of its
+    /// first child in the whole plan (a resumed reader plans from the start again, so the
+    /// run skips what it already holds). `done` marks the last stretch.
     ItemsRead {
         id: RunId,
-        result: Result<Vec<FileLayout>, ReaderError>,
+        start: usize,
+        result: Result<Vec<ChildSpec>, ReaderError>,
+        done: bool,
     },
     ResultsWritten {
         id: RunId,
         result: Result<String, ResultWriterError>,
     },
+}
+
+/// Children a stretch long are handed to the engine together…
+const STRETCH_CHILDREN: usize = 256;
+/// …or after this long, so a slow item reader's children still start promptly.
+const STRETCH_EVERY: Duration = Duration::from_millis(20);
+
+/// The item reader's side of [`Event::ItemsRead`]: collects planned children and sends them
+/// to the engine a stretch at a time, the first as soon as there is one.
+struct ItemStretches {
+    id: RunId,
+    tx: mpsc::UnboundedSender<Event>,
+    children: Vec<ChildSpec>,
+    /// Children sent so far: the next stretch's `start`.
+    sent: usize,
+    last: Instant,
+}
+
+impl ItemStretches {
+    fn new(id: RunId, tx: mpsc::UnboundedSender<Event>) -> Self {
+        ItemStretches {
+            id,
+            tx,
+            children: Vec::new(),
+            sent: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Sends the children collected so far if a stretch is due. False once the engine is
+    /// gone (the reader then stops).
+    fn flush_if_due(&mut self) -> bool {
+        let due = !self.children.is_empty()
+            && (self.sent == 0
+                || self.children.len() >= STRETCH_CHILDREN
+                || self.last.elapsed() >= STRETCH_EVERY);
+        !due || self.send(false)
+    }
+
+    fn send(&mut self, done: bool) -> bool {
+        let children = std::mem::take(&mut self.children);
+        let start = self.sent;
+        self.sent += children.len();
+        self.last = Instant::now();
+        self.tx
+            .send(Event::ItemsRead {
+                id: self.id.clone(),
+                start,
+                result: Ok(children),
+                done,
+            })
+            .is_ok()
+    }
+
+    fn finish(mut self) {
+        self.send(true);
+    }
+
+    fn fail(self, e: ReaderError) {
+        let _ = self.tx.send(Event::ItemsRead {
+            id: self.id,
+            start: 0,
+            result: Err(e),
+            done: true,
+        });
+    }
 }
 
 /// The running coordinator: its handle and its task.
@@ -147,6 +218,7 @@ impl Coordinator {
             last_save: std::time::Instant::now(),
             last_cost: std::time::Duration::ZERO,
             item_readers: Arc::new(tokio::sync::Semaphore::new(ITEM_READERS)),
+            readers: HashMap::new(),
         };
         if let Some(snap) = snapshot {
             engine.restore(snap, cfg.open_map_run_limit);
@@ -311,6 +383,9 @@ struct Engine {
     last_cost: std::time::Duration,
     /// Bounds the item readers at work at once (see [`ITEM_READERS`]).
     item_readers: Arc<tokio::sync::Semaphore>,
+    /// Cancels each run's item reader still at work: a run that ends (aborted, failed) stops
+    /// reading footers, and a resumed reader replaces the one before it.
+    readers: HashMap<RunId, CancellationToken>,
 }
 
 impl Engine {
@@ -336,7 +411,9 @@ impl Engine {
             });
             if r.run.status().is_terminal() && !r.finalized {
                 to_settle.push(id.clone());
-            } else if r.run.status() == RunStatus::Running && r.run.counts().total == 0 {
+            } else if r.run.status() == RunStatus::Running
+                && (r.run.reading() || r.run.counts().total == 0)
+            {
                 to_read.push(id.clone());
             }
             self.created.push(id.clone());
@@ -831,64 +908,111 @@ impl Engine {
         self.dirty = true;
         if e.run.counts().total > 0 {
             self.open.push(id.clone());
-            return;
+            // Redriven before its reader had added every child: read the rest.
+            if !e.run.reading() {
+                return;
+            }
         }
         self.read_items(id);
     }
 
+    /// Reads the run's items in the background, handing it its children a stretch at a
+    /// time (see [`ItemStretches`]), so the first child executions start after one footer
+    /// read instead of after all of them.
     fn read_items(&mut self, id: &RunId) {
-        let Some(e) = self.runs.get(id) else {
+        let Some(e) = self.runs.get_mut(id) else {
             return;
         };
+        e.run.start_reading();
         let source = e.spec.source.clone();
+        let batcher = e.spec.batcher;
         // Parquet footers give each object's row count, so every child execution knows the
         // Map context Index of its first reading (and the ItemBatcher its row groups). Text
         // objects' row counts are unknown until read: their Index counts within each Source.
         let footers = e.spec.input_type == InputType::Parquet;
         let s3 = self.s3.clone();
-        let tx = self.events_tx.clone();
-        let id = id.clone();
+        let mut out = ItemStretches::new(id.clone(), self.events_tx.clone());
         let readers = Arc::clone(&self.item_readers);
+        let cancel = CancellationToken::new();
+        if let Some(before) = self.readers.insert(id.clone(), cancel.clone()) {
+            before.cancel();
+        }
         tokio::spawn(async move {
             // Never closed, so acquiring fails only if the engine is gone.
             let Ok(_permit) = readers.acquire_owned().await else {
                 return;
             };
-            let result = match read_items(&s3, &source).await {
-                Ok(uris) if footers => Ok(read_layouts(&s3, uris).await),
-                Ok(uris) => Ok(uris
-                    .into_iter()
-                    .map(|u| FileLayout {
+            let uris = match read_items(&s3, &source).await {
+                Ok(uris) => uris,
+                Err(e) => return out.fail(e),
+            };
+            let mut planner = Planner::new(batcher);
+            if footers {
+                let mut layouts = std::pin::pin!(read_layouts(s3, uris));
+                while let Some(f) = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return,
+                    f = layouts.next() => f,
+                } {
+                    planner.add(&f, &mut out.children);
+                    if !out.flush_if_due() {
+                        return;
+                    }
+                }
+            } else {
+                for u in uris {
+                    let f = FileLayout {
                         bucket: u.bucket,
                         key: u.key,
                         row_groups: None,
-                    })
-                    .collect()),
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(Event::ItemsRead { id, result });
+                    };
+                    planner.add(&f, &mut out.children);
+                }
+            }
+            out.finish();
         });
     }
 
     fn event(&mut self, ev: Event) {
         self.dirty = true;
         match ev {
-            Event::ItemsRead { id, result } => {
+            Event::ItemsRead {
+                id,
+                start,
+                result,
+                done,
+            } => {
                 let Some(e) = self.runs.get_mut(&id) else {
                     return;
                 };
-                if e.run.status() != RunStatus::Running {
-                    // Aborted while its items were being read.
+                if e.run.status() != RunStatus::Running || !e.run.reading() {
+                    // Aborted (or failed) while its items were being read: a redrive reads
+                    // the rest.
                     return;
                 }
                 match result {
-                    Ok(files) => {
-                        let children = batcher::plan(&files, e.spec.batcher.as_ref());
-                        info!(run = %id, objects = files.len(), children = children.len(), "items read");
-                        e.run.set_children(children, now_ms());
-                        self.open.push(id.clone());
-                        // An empty batched file set has nothing to run: settle at once.
-                        self.settle(&id);
+                    Ok(mut children) => {
+                        // A resumed reader plans from the first child again.
+                        let held = e.run.execution_count() as usize;
+                        children.drain(..held.saturating_sub(start).min(children.len()));
+                        if start > held {
+                            // Stretches arrive in order on one channel; a gap is a bug.
+                            warn!(run = %id, start, held, "item reader skipped children");
+                        }
+                        let now = now_ms();
+                        if !children.is_empty() {
+                            e.run.add_children(children, now);
+                            if !self.open.contains(&id) {
+                                self.open.push(id.clone());
+                            }
+                        }
+                        if done {
+                            self.readers.remove(&id);
+                            e.run.finish_reading(now);
+                            info!(run = %id, children = e.run.execution_count(), "items read");
+                            // An empty file set has nothing to run: settle at once.
+                            self.settle(&id);
+                        }
                     }
                     Err(err) => {
                         warn!(run = %id, error = %err, "item reader failed");
@@ -1258,6 +1382,9 @@ impl Engine {
             return;
         }
         e.finalizing = true;
+        if let Some(reader) = self.readers.remove(id) {
+            reader.cancel();
+        }
         self.open.retain(|r| r != id);
         let opened = self.admission.release(id);
         if e.run.counts().total == 0 {

@@ -121,28 +121,33 @@ const FOOTER_CONCURRENCY: usize = 16;
 const FOOTER_PREFETCH: u64 = 64 * 1024;
 
 /// Reads each Parquet object's footer (two small ranged GETs at most, never data pages) to
-/// learn its row groups. An unreadable footer is not the item reader's failure: that child
+/// learn its row groups, [`FOOTER_CONCURRENCY`] at a time, yielding the layouts in `uris`'
+/// order as they come in. An unreadable footer is not the item reader's failure: that child
 /// execution covers the whole object and its worker reports the problem with the object.
-pub async fn read_layouts(s3: &Client, uris: Vec<S3Uri>) -> Vec<crate::batcher::FileLayout> {
+pub fn read_layouts(
+    s3: Client,
+    uris: Vec<S3Uri>,
+) -> impl futures::Stream<Item = crate::batcher::FileLayout> {
     use futures::StreamExt;
     futures::stream::iter(uris)
-        .map(|u| async move {
-            let row_groups = match footer_row_groups(s3, &u).await {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    tracing::warn!(object = %u, error = %e, "footer unreadable; whole-object child execution");
-                    None
+        .map(move |u| {
+            let s3 = s3.clone();
+            async move {
+                let row_groups = match footer_row_groups(&s3, &u).await {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        tracing::warn!(object = %u, error = %e, "footer unreadable; whole-object child execution");
+                        None
+                    }
+                };
+                crate::batcher::FileLayout {
+                    bucket: u.bucket,
+                    key: u.key,
+                    row_groups,
                 }
-            };
-            crate::batcher::FileLayout {
-                bucket: u.bucket,
-                key: u.key,
-                row_groups,
             }
         })
         .buffered(FOOTER_CONCURRENCY)
-        .collect()
-        .await
 }
 
 async fn footer_row_groups(s3: &Client, u: &S3Uri) -> Result<Vec<(u64, u64)>, String> {

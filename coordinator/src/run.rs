@@ -111,50 +111,72 @@ impl Children {
     /// (the item reader emits a file's children together).
     fn pack(specs: Vec<ChildSpec>) -> Self {
         let mut c = Children::default();
+        c.extend(specs);
+        c.shrink_to_fit();
+        c
+    }
+
+    /// Appends `specs` after the children already packed, as the item reader delivers a
+    /// run's children a stretch at a time. A column that was left out because every child so
+    /// far had the default (index 0, count unknown, one bucket) is filled in for them the
+    /// first time a child needs it.
+    fn extend(&mut self, specs: Vec<ChildSpec>) {
         let n = specs.len();
-        c.rows.reserve_exact(n);
-        let any_index = specs.iter().any(|s| s.first_index != 0);
-        let any_items = specs.iter().any(|s| s.items.is_some());
-        if any_index {
-            c.first_index.reserve_exact(n);
+        self.rows.reserve(n);
+        if !self.first_index.is_empty() {
+            self.first_index.reserve(n);
         }
-        if any_items {
-            c.items.reserve_exact(n);
+        if !self.items.is_empty() {
+            self.items.reserve(n);
         }
-        let mut object_buckets = Vec::new();
         for s in specs {
-            let last = c.key_ends.len().checked_sub(1);
+            let last = self.key_ends.len().checked_sub(1);
             let same = last.is_some_and(|o| {
-                c.buckets[object_buckets[o] as usize] == s.bucket && c.key(o) == Some(&s.key)
+                self.buckets.get(self.bucket_of(o)) == Some(&s.bucket)
+                    && self.key(o) == Some(&s.key)
             });
             if !same {
-                let bucket = match c.buckets.iter().position(|b| *b == s.bucket) {
+                let bucket = match self.buckets.iter().position(|b| *b == s.bucket) {
                     Some(b) => b,
                     None => {
-                        c.buckets.push(s.bucket);
-                        c.buckets.len() - 1
+                        self.buckets.push(s.bucket);
+                        self.buckets.len() - 1
                     }
                 };
-                object_buckets.push(bucket as u32);
-                c.keys.push_str(&s.key);
-                c.key_ends.push(c.keys.len() as u64);
+                if bucket != 0 || !self.object_buckets.is_empty() {
+                    self.object_buckets.resize(self.key_ends.len(), 0);
+                    self.object_buckets.push(bucket as u32);
+                }
+                self.keys.push_str(&s.key);
+                self.key_ends.push(self.keys.len() as u64);
             }
             let (rg_start, rg_end) = s.row_groups.unwrap_or((NONE32, NONE32));
-            c.rows
-                .push(((c.key_ends.len() - 1) as u32, rg_start, rg_end));
-            if any_index {
-                c.first_index.push(s.first_index);
+            // A column is either empty (all default) or holds every child.
+            if s.first_index != 0 || !self.first_index.is_empty() {
+                self.first_index.resize(self.rows.len(), 0);
+                self.first_index.push(s.first_index);
             }
-            if any_items {
-                c.items.push(s.items.unwrap_or(NONE64));
+            if s.items.is_some() || !self.items.is_empty() {
+                self.items.resize(self.rows.len(), NONE64);
+                self.items.push(s.items.unwrap_or(NONE64));
             }
+            self.rows
+                .push(((self.key_ends.len() - 1) as u32, rg_start, rg_end));
         }
-        if c.buckets.len() > 1 {
-            c.object_buckets = object_buckets;
-        }
-        c.keys.shrink_to_fit();
-        c.key_ends.shrink_to_fit();
-        c
+    }
+
+    /// Gives back what growing by stretches over-allocated, once no more children come.
+    fn shrink_to_fit(&mut self) {
+        self.object_buckets.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.key_ends.shrink_to_fit();
+        self.rows.shrink_to_fit();
+        self.first_index.shrink_to_fit();
+        self.items.shrink_to_fit();
+    }
+
+    fn bucket_of(&self, object: usize) -> usize {
+        self.object_buckets.get(object).copied().unwrap_or(0) as usize
     }
 
     /// An object's key; `None` only for offsets a damaged checkpoint could hold.
@@ -367,8 +389,13 @@ pub struct MapRun {
     tolerance: Tolerance,
     retry: Vec<Retrier>,
     children: Children,
-    /// When the children were planned: the time of every execution's `ExecutionQueued`.
+    /// When the first children were planned: the time of every execution's
+    /// `ExecutionQueued` (the reader's later stretches follow within its run time).
     queued_ms: i64,
+    /// The item reader is still adding children: the run cannot finish yet, and its total
+    /// is not final. Kept through an abort, so a redrive reads the rest.
+    #[serde(default)]
+    reading: bool,
     #[serde(with = "state_letters")]
     states: Vec<ExecState>,
     attempts: Vec<u32>,
@@ -428,6 +455,7 @@ impl MapRun {
             retry: Vec::new(),
             children: Children::default(),
             queued_ms: now_ms,
+            reading: false,
             states: Vec::new(),
             attempts: Vec::new(),
             cursor: 0,
@@ -626,6 +654,42 @@ impl MapRun {
         };
         self.history.clear();
         self.records.clear();
+        self.reading = false;
+    }
+
+    /// The item reader starts (or, after a restart or a redrive, resumes) adding children
+    /// with [`MapRun::add_children`].
+    pub fn start_reading(&mut self) {
+        self.reading = true;
+    }
+
+    /// True while the item reader may still add children.
+    pub fn reading(&self) -> bool {
+        self.reading
+    }
+
+    /// Appends the next stretch of planned children, pending, after those already held.
+    pub fn add_children(&mut self, children: Vec<ChildSpec>, now_ms: i64) {
+        if self.states.is_empty() {
+            self.queued_ms = now_ms;
+        }
+        let n = children.len();
+        self.children.extend(children);
+        self.states
+            .resize(self.states.len() + n, ExecState::Pending);
+        self.attempts.resize(self.attempts.len() + n, 0);
+        self.counts.pending += n as u64;
+        self.counts.total += n as u64;
+    }
+
+    /// The item reader has added every child: the total is final, so a tolerated failure
+    /// percentage can be judged, and the run can finish once nothing is left to run.
+    pub fn finish_reading(&mut self, now_ms: i64) {
+        self.reading = false;
+        self.children.shrink_to_fit();
+        self.states.shrink_to_fit();
+        self.attempts.shrink_to_fit();
+        self.check_tolerance(now_ms);
     }
 
     /// Admitted: starts dispatching.
@@ -944,9 +1008,21 @@ impl MapRun {
         let execution = record.execution;
         self.records.insert(execution, record);
         self.forget_ordinary_history(execution);
+        self.check_tolerance(now_ms);
+    }
+
+    /// Fails the run once its failures exceed the tolerance. While the item reader is still
+    /// adding children the total is not known, so only a count limit can be exceeded then:
+    /// judging a percentage against the children read so far would fail a run for its
+    /// first failure.
+    fn check_tolerance(&mut self, now_ms: i64) {
         let failures = self.counts.failed + self.counts.timed_out;
-        if self.status == RunStatus::Running && self.tolerance.exceeded(failures, self.counts.total)
-        {
+        let exceeded = if self.reading && self.tolerance.percentage.is_some() {
+            self.tolerance.count.is_some_and(|c| failures > c)
+        } else {
+            self.tolerance.exceeded(failures, self.counts.total)
+        };
+        if self.status == RunStatus::Running && exceeded {
             self.status = RunStatus::Failed;
             self.error = Some(errors::EXCEED_TOLERATED_FAILURE_THRESHOLD.to_owned());
             self.cause = Some(format!(
@@ -1051,7 +1127,10 @@ impl MapRun {
             }
             return true;
         }
-        if self.status != RunStatus::Running || self.counts.pending + self.counts.running > 0 {
+        if self.status != RunStatus::Running
+            || self.reading
+            || self.counts.pending + self.counts.running > 0
+        {
             return false;
         }
         self.status = RunStatus::Succeeded;
@@ -1548,5 +1627,130 @@ mod tests {
         let mut bad = c.clone();
         bad.key_ends[1] = 999;
         assert_eq!(bad.get(1), None);
+    }
+    #[test]
+    fn children_added_by_stretches_pack_like_children_set_at_once() {
+        let spec = |b: &str, k: &str, first_index, items| ChildSpec {
+            bucket: b.into(),
+            key: k.into(),
+            row_groups: None,
+            first_index,
+            items,
+        };
+        // The first stretch needs none of the optional columns; later ones need each.
+        let specs = vec![
+            spec("a", "x", 0, None),
+            spec("a", "x", 0, None),
+            spec("a", "y", 0, None),
+            spec("a", "y", 7, None),
+            spec("b", "y", 9, Some(3)),
+            spec("a", "z", 12, None),
+        ];
+        let whole = Children::pack(specs.clone());
+        for cut in [1, 2, 3, 4, 5] {
+            let mut by_stretches = Children::default();
+            by_stretches.extend(specs[..cut].to_vec());
+            by_stretches.extend(specs[cut..].to_vec());
+            for i in 0..specs.len() {
+                assert_eq!(by_stretches.get(i), whole.get(i), "cut {cut}, child {i}");
+            }
+            assert_eq!(by_stretches.get(specs.len()), None);
+        }
+        // A key continued across a stretch boundary is still named once.
+        let mut c = Children::default();
+        c.extend(specs[..1].to_vec());
+        c.extend(specs[1..2].to_vec());
+        assert_eq!((c.keys.as_str(), c.key_ends.len()), ("x", 1));
+    }
+
+    fn reading_run(tolerance: Tolerance) -> MapRun {
+        let mut r = MapRun::new(RunId("r".into()), None, 0, tolerance, 0);
+        r.open(1);
+        r.start_reading();
+        r
+    }
+
+    #[test]
+    fn a_run_still_reading_its_items_runs_what_it_has_but_does_not_finish() {
+        let mut r = reading_run(Tolerance::default());
+        assert!(!r.settle(2), "nothing read yet");
+        r.add_children((0..2).map(child).collect(), 2);
+        assert_eq!(drain(&mut r), [(0, 1), (1, 1)]);
+        r.apply_outcome(&ok(0, 1, 24), 3);
+        r.apply_outcome(&ok(1, 1, 24), 3);
+        assert!(!r.settle(3), "more children may come");
+        assert_eq!(r.status(), RunStatus::Running);
+        r.add_children(vec![child(2)], 4);
+        assert_eq!(r.counts().total, 3);
+        assert_eq!(drain(&mut r), [(2, 1)]);
+        r.apply_outcome(&ok(2, 1, 24), 5);
+        r.finish_reading(6);
+        assert!(r.settle(6));
+        assert_eq!(r.status(), RunStatus::Succeeded);
+        assert_eq!(r.counts().succeeded, 3);
+    }
+
+    #[test]
+    fn a_failure_percentage_waits_for_the_final_total_but_a_count_does_not() {
+        let pct = Tolerance {
+            count: None,
+            percentage: Some(10.0),
+        };
+        let mut r = reading_run(pct);
+        r.add_children((0..2).map(child).collect(), 2);
+        drain(&mut r);
+        r.apply_outcome(&failed(0, 1), 3);
+        assert_eq!(
+            r.status(),
+            RunStatus::Running,
+            "1 of 2 read so far is not the rate"
+        );
+        r.add_children((2..20).map(child).collect(), 4);
+        r.finish_reading(5);
+        assert_eq!(r.status(), RunStatus::Running, "1 of 20 is within 10%");
+        let mut r = reading_run(pct);
+        r.add_children((0..2).map(child).collect(), 2);
+        drain(&mut r);
+        r.apply_outcome(&failed(0, 1), 3);
+        r.apply_outcome(&failed(1, 1), 3);
+        r.add_children((2..10).map(child).collect(), 4);
+        r.finish_reading(5);
+        assert_eq!(r.status(), RunStatus::Failed, "2 of 10 exceeds 10%");
+        assert_eq!(
+            r.error.as_deref(),
+            Some(errors::EXCEED_TOLERATED_FAILURE_THRESHOLD)
+        );
+
+        let mut r = reading_run(Tolerance {
+            count: Some(1),
+            percentage: Some(90.0),
+        });
+        r.add_children((0..2).map(child).collect(), 2);
+        drain(&mut r);
+        r.apply_outcome(&failed(0, 1), 3);
+        assert_eq!(r.status(), RunStatus::Running);
+        r.apply_outcome(&failed(1, 1), 3);
+        assert_eq!(r.status(), RunStatus::Failed, "a count is exceeded at once");
+    }
+
+    #[test]
+    fn a_run_aborted_while_reading_reads_the_rest_when_redriven() {
+        let mut r = reading_run(Tolerance::default());
+        r.add_children((0..2).map(child).collect(), 2);
+        drain(&mut r);
+        r.abort(3).unwrap();
+        assert!(r.settle(3));
+        assert!(r.reading(), "the reader did not finish");
+        assert_eq!(r.redrive(4).unwrap(), 2);
+        r.open(5);
+        r.add_children(vec![child(2)], 6);
+        r.finish_reading(6);
+        let sent = drain(&mut r);
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        for (e, a) in sent {
+            r.apply_outcome(&ok(e, a, 24), 7);
+        }
+        assert!(r.settle(7));
+        assert_eq!(r.status(), RunStatus::Succeeded);
     }
 }

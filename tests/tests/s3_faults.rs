@@ -567,3 +567,119 @@ async fn a_redriven_run_is_archived_again_under_its_new_redrive_count() {
     assert!(failed.items[0].source.ends_with(&generated.files[1]));
     fleet.stop().await;
 }
+
+/// 160 one-file devices behind a proxy whose latency makes reading their footers take
+/// about a second (16 at a time, 50 ms each), with a run over them started.
+async fn slow_footer_run() -> (Fleet, GenReport, RunId) {
+    let (s3, direct) = store().await;
+    let cfg = GenConfig {
+        devices: 160,
+        days: 1,
+        readings_per_day: 4,
+        seed: 160,
+        ..GenConfig::default()
+    };
+    let generated = generate(&direct, cfg).await;
+    assert_eq!(generated.files.len(), 160);
+    let faults = Faults {
+        latency: Duration::from_millis(50),
+        ..Faults::default()
+    };
+    let fleet = Fleet::start((s3, direct), faults, 2, 4).await;
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let id = h
+        .start_run(Harness::spec(
+            manifest(&generated),
+            50,
+            Tolerance::default(),
+        ))
+        .await
+        .unwrap();
+    (fleet, generated, id)
+}
+
+/// Waits for the run's first children and asserts they came before the last footer.
+async fn first_stretch(fleet: &Fleet, id: &RunId, files: u64) {
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let deadline = Instant::now() + LIMIT;
+    let first = loop {
+        let d = h.describe(id).await.unwrap();
+        if d.execution_counts.total > 0 {
+            break d.execution_counts.total;
+        }
+        assert!(Instant::now() < deadline, "no child execution planned");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        first < files,
+        "the first {first} children waited for all {files} footers"
+    );
+}
+
+/// Every file ran as one child execution, once, every reading was written once with its
+/// anomalies, and the readings' `Index` values are exactly 0..readings.
+async fn assert_every_child_once(fleet: &Fleet, d: &RunDescription, generated: &GenReport) {
+    let files = generated.files.len() as u64;
+    assert_eq!(d.status, RunStatus::Succeeded, "{d:#?}");
+    let c = &d.execution_counts;
+    assert_eq!(
+        (c.total, c.succeeded, c.results_written),
+        (files, files, files),
+        "{d:#?}"
+    );
+    assert_results_exact(fleet, d, &generated.readings).await;
+    let mut index: Vec<u64> = fleet
+        .result_records()
+        .await
+        .iter()
+        .map(|r| r["metadata"]["index"].as_u64().unwrap())
+        .collect();
+    index.sort_unstable();
+    let want: Vec<u64> = (0..generated.readings.len() as u64).collect();
+    assert!(index == want, "Index values are not 0..{}", want.len());
+}
+
+/// The coordinator hands a Parquet run its children as the footers come in, so the first
+/// child executions start before the last footer is read; a coordinator restarted part way
+/// through the footers resumes reading, and plans no child twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_restarted_while_reading_footers_plans_every_child_once() {
+    let (mut fleet, generated, id) = slow_footer_run().await;
+    first_stretch(&fleet, &id, generated.files.len() as u64).await;
+    fleet.restart_coordinator().await;
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        .await
+        .expect("the run ends after the restart")
+        .unwrap();
+    assert_every_child_once(&fleet, &d, &generated).await;
+    fleet.stop().await;
+}
+
+/// A run aborted while its footers are still being read stops reading them; its redrive
+/// re-runs the aborted children and reads the files it had not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_aborted_while_reading_footers_is_redriven_to_every_child_once() {
+    let (fleet, generated, id) = slow_footer_run().await;
+    let files = generated.files.len() as u64;
+    first_stretch(&fleet, &id, files).await;
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    h.abort(&id).await.unwrap();
+    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        .await
+        .expect("the abort ends the run")
+        .unwrap();
+    assert_eq!(d.status, RunStatus::Aborted, "{d:#?}");
+    assert!(
+        d.execution_counts.total < files,
+        "children were added after the abort: {d:#?}"
+    );
+    h.redrive(&id).await.unwrap();
+    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        .await
+        .expect("the redrive ends")
+        .unwrap();
+    assert_eq!(d.redrive_count, 1);
+    assert_every_child_once(&fleet, &d, &generated).await;
+    fleet.stop().await;
+}
