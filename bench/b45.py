@@ -130,6 +130,15 @@ def cmd_fm_line(a):
             else d["readings"],
             "executions": d["executionCounts"]["succeeded"],
             "failed": d["executionCounts"]["failed"], "status": d["status"]}
+    # Time to the first child execution: for a Parquet manifest this includes reading that
+    # object's footer, and shows whether children wait for every footer.
+    url = os.environ.get("FLEETMAP_COORDINATOR_URL")
+    if url:
+        api = Api(url)
+        page = api.call("GET", f"/v1/map-runs/{d['mapRunId']}/executions?maxResults=1000")
+        starts = [ms(e["startDate"]) for e in page["executions"] if e.get("startDate")]
+        if starts:
+            line["first_start_ms"] = round(min(starts) - ms(d["startDate"]), 1)
     line.update(json.loads(a.fields or "{}"))
     print(json.dumps(line))
 

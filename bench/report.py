@@ -65,6 +65,10 @@ for size, tgt_r, tgt_e in (("large", "≥ 3×", "—"), ("tiny", "—", "≥ 10�
     line(b, "readings/s, e2e", rate(b, "fleetmap"), rate(b, "celery"), "Celery+pyarrow", tgt_r)
     line(b, "child executions/s", rate(b, "fleetmap", "executions"),
          rate(b, "celery", "executions"), "Celery+pyarrow", tgt_e)
+    v, n = med(b, "fleetmap", "first_start_ms")
+    if n:
+        out.append(f"| {b} | run start → first child execution started (footer reads "
+                   f"included) | {v:.0f} ms (n={n}) | — | — | (info) |")
 for sfx, what in (("", "in memory"), ("-ckpt", "with --state-uri")):
     sizes = sorted({int(b.split("-")[2]) for (b, _) in runs
                     if b.startswith("B4-throughput-") and b.endswith(sfx or "0")}, reverse=True)

@@ -176,7 +176,14 @@ coordinator_up() { # name [coordinator flags...]
   start_proc "$name" coordinator --listen "127.0.0.1:$COORDP" "$@"
   wait_http "$API/readyz" 60 "$name"
 }
-wipe_results() { rm -rf "$RUN_DIR/s3/$RESULTS_BUCKET"/{fm,celery,bench,mapruns}; }
+# s3s-fs keeps each object's metadata beside the buckets, in the root folder, as
+# `.bucket-<base64url bucket>.object-…`: drop the results bucket's too, or every run leaves
+# thousands of entries that slow the server's file lookups for both tools.
+RESULTS_B64=$(printf %s "${RESULTS_BUCKET:-}" | base64 | tr '+/' '-_' | tr -d '=')
+wipe_results() {
+  rm -rf "$RUN_DIR/s3/$RESULTS_BUCKET"/{fm,celery,bench,mapruns}
+  find "$RUN_DIR/s3" -maxdepth 1 -name ".bucket-$RESULTS_B64.object-*" -delete
+}
 cpu_of() { "$PY" "$BENCH/b45.py" cpu "$@"; }
 minus() { awk "BEGIN {printf \"%.2f\", $1 - $2}"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
