@@ -28,7 +28,7 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -45,7 +45,8 @@ use crate::result_writer::{self, ResultWriterError, map_run_arn};
 use crate::run::{Applied, ChildSpec, ExecState, MapRun, RunId, RunStatus, Tolerance};
 use crate::spec::{RunSpec, validate};
 use crate::state::{
-    ArchivedRunRef, RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateStore,
+    ArchivedRun, ArchivedRunRef, RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateError,
+    StateStore,
 };
 
 pub use broker::{AMQP_CONNECTED, AMQP_RECONNECTS};
@@ -75,11 +76,37 @@ pub struct CoordinatorConfig {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// …or as soon as this many outcomes wait for their ack.
 const CHECKPOINT_AFTER_OUTCOMES: usize = 500;
-/// A checkpoint rewrites the whole state, so its cost grows with the runs held. Between
-/// two, the loop gets at least this many times the last one's cost (serialise + PUT), which
-/// keeps checkpointing under ~1/(1+N) of the coordinator's time however big the state: the
-/// outcomes waiting meanwhile are only acked later, nothing is lost.
+/// A checkpoint rewrites the state of every run not yet archived, so its cost grows with
+/// them. Between two, at least this many times the last one's cost (serialise, which holds
+/// the loop, + PUT, which does not) passes, which keeps checkpointing under ~1/(1+N) of the
+/// coordinator's time and of the store's load however big the state: the outcomes waiting
+/// meanwhile are only acked later, nothing is lost.
 const CHECKPOINT_COST_RATIO: u32 = 3;
+/// After a checkpoint write fails, the next attempt waits this long.
+const SAVE_RETRY: Duration = Duration::from_millis(500);
+
+/// A checkpoint on its way to the object store, with what waits for it to be durable.
+struct Saving {
+    generation: u64,
+    /// The finished runs whose archives this checkpoint writes (and its snapshot names).
+    archiving: Vec<ArchivedRun>,
+    /// Outcomes whose effects the snapshot holds: acked once it is durable.
+    acks: Vec<lapin::Acker>,
+    /// API replies that wait for the snapshot.
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    started: std::time::Instant,
+}
+
+/// A checkpoint write and what waits for it.
+type SaveTask = (JoinHandle<Result<(), StateError>>, Saving);
+
+/// Resolves when the checkpoint in flight ends; never, when there is none.
+async fn save_done(saving: &mut Option<SaveTask>) -> Result<Result<(), StateError>, JoinError> {
+    match saving {
+        Some((task, _)) => task.await,
+        None => std::future::pending().await,
+    }
+}
 
 enum Event {
     /// The next stretch of a run's children, planned in order: `start` is the index of its
@@ -216,6 +243,8 @@ impl Coordinator {
             unacked: Vec::new(),
             deferred: Vec::new(),
             last_save: std::time::Instant::now(),
+            saving: None,
+            retry_save_at: None,
             last_cost: std::time::Duration::ZERO,
             item_readers: Arc::new(tokio::sync::Semaphore::new(ITEM_READERS)),
             readers: HashMap::new(),
@@ -379,6 +408,10 @@ struct Engine {
     /// API replies to send once the change they report is durable.
     deferred: Vec<Box<dyn FnOnce() + Send>>,
     last_save: std::time::Instant,
+    /// The checkpoint being written beside the event loop, if any (one at a time).
+    saving: Option<SaveTask>,
+    /// After a failed write, no new checkpoint before this.
+    retry_save_at: Option<Instant>,
     /// What the last checkpoint took, serialising and PUT.
     last_cost: std::time::Duration,
     /// Bounds the item readers at work at once (see [`ITEM_READERS`]).
@@ -452,29 +485,52 @@ impl Engine {
 
     /// Writes a checkpoint when one is due, then acks what it covers and sends the replies
     /// that waited for it. Returns when the next one is due, if changes are waiting.
+    /// Starts a checkpoint when one is due: the archives of newly finished runs, then the
+    /// snapshot naming them. Both are serialised here (they borrow the state) and written by
+    /// a task beside the event loop, so dispatching and applying outcomes go on while the
+    /// object store answers; the outcomes and replies the snapshot covers are acked and sent
+    /// when it is durable ([`Engine::saved`]). One write at a time. Returns when to look
+    /// again, if nothing else wakes the loop first. `force` (at shutdown) waits for any
+    /// write in flight, then writes and waits for a last one.
     async fn checkpoint(&mut self, force: bool) -> Option<std::time::Duration> {
-        let Some(store) = &mut self.store else {
-            return None;
-        };
+        self.store.as_ref()?;
+        if let Some((task, saving)) = self.saving.take() {
+            if !force {
+                // Its completion wakes the loop.
+                self.saving = Some((task, saving));
+                return None;
+            }
+            let result = task.await;
+            self.saved(saving, result).await;
+        }
         if !self.dirty {
             return None;
         }
         let since = self.last_save.elapsed();
         let every = CHECKPOINT_EVERY.max(self.last_cost * CHECKPOINT_COST_RATIO);
+        let retry_in = self
+            .retry_save_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero());
         let due = force
-            || !self.deferred.is_empty()
-            || (self.unacked.len() >= CHECKPOINT_AFTER_OUTCOMES && since >= self.last_cost)
-            || since >= every;
+            || (retry_in.is_none()
+                && (!self.deferred.is_empty()
+                    || (self.unacked.len() >= CHECKPOINT_AFTER_OUTCOMES
+                        && since >= self.last_cost)
+                    || since >= every));
         if !due {
-            let wait = if self.unacked.len() >= CHECKPOINT_AFTER_OUTCOMES {
-                self.last_cost
+            let wait = if let Some(r) = retry_in {
+                r
+            } else if self.unacked.len() >= CHECKPOINT_AFTER_OUTCOMES {
+                self.last_cost.saturating_sub(since)
             } else {
-                every
+                every.saturating_sub(since)
             };
-            return Some(wait.saturating_sub(since));
+            return Some(wait);
         }
         let started = std::time::Instant::now();
-        // Newly finished runs first: a checkpoint may name only archives already durable.
+        let store = self.store.as_ref()?;
+        // Newly finished runs are archived first, and the snapshot only names them.
         let finished: Vec<RunSnapshotRef<'_>> = self
             .created
             .iter()
@@ -482,27 +538,21 @@ impl Engine {
             .filter(|e| e.finalized && !e.archived)
             .map(Entry::snapshot)
             .collect();
-        if !finished.is_empty() {
-            let (done, error) = store.archive(&finished).await;
-            drop(finished);
-            for a in &done {
-                if let Some(e) = self.runs.get_mut(&a.id) {
-                    e.archived = true;
-                }
-            }
-            if let Some(e) = error {
-                warn!(error = %e, "archiving finished runs failed; outcomes stay unacked until it succeeds");
-                self.last_save = std::time::Instant::now();
-                return Some(std::time::Duration::from_millis(500));
-            }
+        let (writes, error) = store.archive_bodies(&finished);
+        drop(finished);
+        if let Some(e) = error {
+            warn!(error = %e, "cannot serialise a finished map run; outcomes stay unacked");
+            self.retry_save_at = Some(Instant::now() + SAVE_RETRY);
+            return Some(SAVE_RETRY);
         }
+        let archiving: Vec<ArchivedRun> = writes.iter().map(|w| w.archived.clone()).collect();
         let generation = store.next_generation();
         let body = {
             let (archived, inline): (Vec<&Entry>, Vec<&Entry>) = self
                 .created
                 .iter()
                 .filter_map(|id| self.runs.get(id))
-                .partition(|e| e.archived);
+                .partition(|e| e.archived || e.finalized);
             let snap = SnapshotRef {
                 version: STATE_VERSION,
                 generation,
@@ -528,24 +578,81 @@ impl Engine {
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, "cannot serialise the coordinator state");
-                return Some(CHECKPOINT_EVERY);
+                self.retry_save_at = Some(Instant::now() + SAVE_RETRY);
+                return Some(SAVE_RETRY);
             }
         };
-        if let Err(e) = store.save(generation, body).await {
-            warn!(error = %e, "checkpoint failed; outcomes stay unacked until one succeeds");
-            self.last_save = std::time::Instant::now();
-            return Some(std::time::Duration::from_millis(500));
-        }
+        let archives = store.write_archives(writes);
+        let slot = store.write_slot(generation, body);
+        let task = tokio::spawn(async move {
+            // The snapshot names the archives, so it is written only once they are durable.
+            if let (_, Some(e)) = archives.await {
+                return Err(e);
+            }
+            slot.await
+        });
         self.dirty = false;
-        self.last_save = std::time::Instant::now();
-        self.last_cost = started.elapsed();
-        for a in self.unacked.drain(..) {
-            let _ = a.ack(BasicAckOptions::default()).await;
-        }
-        for reply in self.deferred.drain(..) {
-            reply();
+        let saving = Saving {
+            generation,
+            archiving,
+            acks: std::mem::take(&mut self.unacked),
+            replies: std::mem::take(&mut self.deferred),
+            started,
+        };
+        if force {
+            let result = task.await;
+            self.saved(saving, result).await;
+        } else {
+            self.saving = Some((task, saving));
         }
         None
+    }
+
+    /// A checkpoint write ended. Durable: the runs it archived are marked so (unless a
+    /// redrive reopened them meanwhile), and the outcomes and replies it covers are acked
+    /// and sent. Failed: they wait for the next one, in their order, and the state is
+    /// written again after [`SAVE_RETRY`].
+    async fn saved(&mut self, saving: Saving, result: Result<Result<(), StateError>, JoinError>) {
+        self.last_save = std::time::Instant::now();
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the checkpoint task ended: {e}")),
+        };
+        if let Some(error) = error {
+            warn!(error = %error, "checkpoint failed; outcomes stay unacked until one succeeds");
+            self.dirty = true;
+            self.retry_save_at = Some(Instant::now() + SAVE_RETRY);
+            let Saving {
+                mut acks,
+                mut replies,
+                ..
+            } = saving;
+            acks.append(&mut self.unacked);
+            self.unacked = acks;
+            replies.append(&mut self.deferred);
+            self.deferred = replies;
+            return;
+        }
+        if let Some(store) = self.store.as_mut() {
+            store.saved(saving.generation);
+        }
+        self.retry_save_at = None;
+        self.last_cost = saving.started.elapsed();
+        for a in &saving.archiving {
+            if let Some(e) = self.runs.get_mut(&a.id)
+                && e.finalized
+                && e.run.redrive_count == a.redrive_count
+            {
+                e.archived = true;
+            }
+        }
+        for a in saving.acks {
+            let _ = a.ack(BasicAckOptions::default()).await;
+        }
+        for reply in saving.replies {
+            reply();
+        }
     }
 
     /// Sends `reply` now, or after the next checkpoint when state is persisted.
@@ -614,6 +721,7 @@ impl Engine {
                 }
             };
             let broker = broker_wake(&mut self.link, &mut self.reconnect);
+            let save = save_done(&mut self.saving);
             let wake = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 cmd = commands.recv() => match cmd {
@@ -628,6 +736,12 @@ impl Engine {
                     continue;
                 }
                 b = broker => b,
+                result = save => {
+                    if let Some((_, saving)) = self.saving.take() {
+                        self.saved(saving, result).await;
+                    }
+                    continue;
+                }
                 _ = retry_timer => continue,
                 _ = checkpoint_timer => continue,
             };

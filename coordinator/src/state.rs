@@ -244,28 +244,36 @@ impl StateStore {
         &self,
         runs: &[RunSnapshotRef<'_>],
     ) -> (Vec<ArchivedRun>, Option<StateError>) {
+        let (writes, first_error) = self.archive_bodies(runs);
+        let (done, error) = self.write_archives(writes).await;
+        (done, first_error.or(error))
+    }
+
+    /// Serialises finished runs' archives, ready for [`StateStore::write_archives`]. A run
+    /// that cannot be serialised is left out, and the first such error returned.
+    pub fn archive_bodies(
+        &self,
+        runs: &[RunSnapshotRef<'_>],
+    ) -> (Vec<ArchiveWrite>, Option<StateError>) {
         let mut first_error = None;
-        let mut puts = Vec::with_capacity(runs.len());
+        let mut writes = Vec::with_capacity(runs.len());
         for r in runs {
             let id = &r.run.id;
             let object = Self::archive_object(id, r.run.redrive_count);
-            let archived = ArchivedRun {
-                id: id.clone(),
-                redrive_count: r.run.redrive_count,
-            };
             let body = ArchiveRef {
                 version: STATE_VERSION,
                 run: r,
             };
             match serde_json::to_vec(&body) {
-                Ok(body) => puts.push(put_archive(
-                    self.s3.clone(),
-                    self.bucket.clone(),
-                    self.key(&object),
-                    self.uri_of(&object),
+                Ok(body) => writes.push(ArchiveWrite {
+                    archived: ArchivedRun {
+                        id: id.clone(),
+                        redrive_count: r.run.redrive_count,
+                    },
+                    key: self.key(&object),
+                    uri: self.uri_of(&object),
                     body,
-                    archived,
-                )),
+                }),
                 Err(e) => {
                     first_error.get_or_insert(StateError::Corrupt {
                         uri: self.uri_of(&object),
@@ -274,20 +282,37 @@ impl StateStore {
                 }
             }
         }
-        let results: Vec<Result<ArchivedRun, StateError>> = futures::stream::iter(puts)
-            .buffered(ARCHIVE_IO)
-            .collect()
-            .await;
-        let mut done = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(a) => done.push(a),
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        (writes, first_error)
+    }
+
+    /// Writes serialised archives, [`ARCHIVE_IO`] at a time, owning all it needs so the
+    /// coordinator can run it beside its event loop. Returns the durable ones in order, and
+    /// the first error if any failed.
+    pub fn write_archives(
+        &self,
+        writes: Vec<ArchiveWrite>,
+    ) -> impl Future<Output = (Vec<ArchivedRun>, Option<StateError>)> + Send + 'static {
+        let (s3, bucket) = (self.s3.clone(), self.bucket.clone());
+        async move {
+            let puts = writes
+                .into_iter()
+                .map(|w| put_archive(s3.clone(), bucket.clone(), w.key, w.uri, w.body, w.archived));
+            let results: Vec<Result<ArchivedRun, StateError>> = futures::stream::iter(puts)
+                .buffered(ARCHIVE_IO)
+                .collect()
+                .await;
+            let mut done = Vec::with_capacity(results.len());
+            let mut first_error = None;
+            for r in results {
+                match r {
+                    Ok(a) => done.push(a),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
+            (done, first_error)
         }
-        (done, first_error)
     }
 
     async fn read(&self, object: &str) -> Result<Slot, StateError> {
@@ -341,21 +366,31 @@ impl StateStore {
     /// Writes the snapshot of `generation` (from [`StateStore::next_generation`]) into the
     /// slot that does not hold the last durable one.
     pub async fn save(&mut self, generation: u64, body: Vec<u8>) -> Result<(), StateError> {
-        let object = SLOTS[(generation % 2) as usize];
-        put_bytes(
-            &self.s3,
-            &self.bucket,
-            &self.key(object),
-            Bytes::from(body),
-            "application/json",
-        )
-        .await
-        .map_err(|source| StateError::Store {
-            uri: self.uri_of(object),
-            source,
-        })?;
-        self.durable = generation;
+        self.write_slot(generation, body).await?;
+        self.saved(generation);
         Ok(())
+    }
+
+    /// [`StateStore::save`]'s write alone, owning all it needs so it can run beside the
+    /// event loop; [`StateStore::saved`] records its success.
+    pub fn write_slot(
+        &self,
+        generation: u64,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send + 'static {
+        let object = SLOTS[(generation % 2) as usize];
+        let (s3, bucket) = (self.s3.clone(), self.bucket.clone());
+        let (key, uri) = (self.key(object), self.uri_of(object));
+        async move {
+            put_bytes(&s3, &bucket, &key, Bytes::from(body), "application/json")
+                .await
+                .map_err(|source| StateError::Store { uri, source })
+        }
+    }
+
+    /// The snapshot of `generation` is durable: the next one goes to the other slot.
+    pub fn saved(&mut self, generation: u64) {
+        self.durable = generation;
     }
 }
 
@@ -396,6 +431,14 @@ async fn read_archive(
         )));
     }
     Ok(archive.run)
+}
+
+/// A finished run's archive, serialised ([`StateStore::archive_bodies`]).
+pub struct ArchiveWrite {
+    pub archived: ArchivedRun,
+    key: String,
+    uri: String,
+    body: Vec<u8>,
 }
 
 async fn put_archive(

@@ -75,6 +75,8 @@ struct Shared {
     upstream: SocketAddr,
     faults: Faults,
     counters: Counters,
+    /// Paths under this prefix are denied too, switched at run time ([`FaultProxy::deny_prefix`]).
+    deny_prefix: std::sync::Mutex<Option<String>>,
 }
 
 /// A running proxy; dropping it stops accepting and closes its connections.
@@ -107,6 +109,7 @@ impl FaultProxy {
             upstream: upstream_addr,
             faults,
             counters: Counters::default(),
+            deny_prefix: std::sync::Mutex::new(None),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(serve(listener, Arc::clone(&shared), cancel.clone()));
@@ -127,6 +130,15 @@ impl FaultProxy {
             endpoint: Some(self.endpoint()),
             force_path_style: true,
             ..base.clone()
+        }
+    }
+
+    /// From now on, answers every request for a path under `prefix` (path style,
+    /// `/bucket/key…`) with `403 AccessDenied`; `None` lifts it. Models an object store
+    /// that refuses writes for a while (a revoked grant, a full bucket quota).
+    pub fn deny_prefix(&self, prefix: Option<&str>) {
+        if let Ok(mut p) = self.shared.deny_prefix.lock() {
+            *p = prefix.map(str::to_owned);
         }
     }
 
@@ -184,7 +196,12 @@ async fn handle(
         .decode_utf8_lossy()
         .into_owned();
     let draw = unit_draw(f.seed, n);
-    let fault = if f.deny.contains(&path) {
+    let denied_now = shared
+        .deny_prefix
+        .lock()
+        .map(|p| p.as_deref().is_some_and(|p| path.starts_with(p)))
+        .unwrap_or(false);
+    let fault = if f.deny.contains(&path) || denied_now {
         Some((
             &c.denied,
             StatusCode::FORBIDDEN,

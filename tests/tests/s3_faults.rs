@@ -683,3 +683,52 @@ async fn a_run_aborted_while_reading_footers_is_redriven_to_every_child_once() {
     assert_every_child_once(&fleet, &d, &generated).await;
     fleet.stop().await;
 }
+
+/// The object store refuses the coordinator's checkpoints for a while: whatever waits for
+/// durability waits (a `StartMapRun` is not answered, outcomes stay unacked), nothing is
+/// lost, and once the store takes writes again the run finishes and a restarted
+/// coordinator finds it exactly as it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_refused_for_a_while_delay_replies_and_lose_nothing() {
+    let (s3, direct) = store().await;
+    let generated = generate(&direct, GenConfig::default()).await;
+    let files = generated.files.len() as u64;
+    let mut fleet = Fleet::start((s3, direct), Faults::default(), 1, 2).await;
+    fleet
+        .proxy
+        .deny_prefix(Some(&format!("/{DATA}/coordinator/")));
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let spec = Harness::spec(manifest(&generated), 50, Tolerance::default());
+    let start = tokio::spawn(async move { h.start_run(spec).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !start.is_finished(),
+        "StartMapRun answered before its run was durable"
+    );
+    assert!(fleet.proxy.counts().denied > 0, "no checkpoint was tried");
+
+    fleet.proxy.deny_prefix(None);
+    let id = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("StartMapRun answered once the store takes writes")
+        .unwrap()
+        .unwrap();
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert_eq!(d.status, RunStatus::Succeeded, "{d:#?}");
+    assert_eq!(d.execution_counts.succeeded, files);
+    assert_results_exact(&fleet, &d, &generated.readings).await;
+
+    fleet.restart_coordinator().await;
+    let h = fleet.coordinator.as_ref().unwrap().handle();
+    let back = h.describe(&id).await.unwrap();
+    assert_eq!(
+        (back.status, back.execution_counts, back.readings),
+        (d.status, d.execution_counts, d.readings),
+        "{back:#?}"
+    );
+    fleet.stop().await;
+}
