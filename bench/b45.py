@@ -120,6 +120,17 @@ def cmd_cpu(a):
     print(f"{tree_cpu(a.pids):.2f}")
 
 
+def cmd_cpu_by(a):
+    """CPU seconds per named process group (`name=pid,pid`) as a JSON object; with
+    `--since JSON` (an earlier output), the seconds spent since then."""
+    since = json.loads(a.since) if a.since else {}
+    out = {}
+    for group in a.groups:
+        name, pids = group.split("=", 1)
+        out[name] = round(tree_cpu([p for p in pids.split(",") if p]) - since.get(name, 0), 2)
+    print(json.dumps(out))
+
+
 def cmd_fm_line(a):
     """One B3 result line from `fleetmap start --wait -o json`'s DescribeMapRun document:
     seconds from the run's start to its last outcome, on the coordinator's clock."""
@@ -287,6 +298,9 @@ def main():
     c.add_argument("--bench", default="B5-coordinator")
     c = sub.add_parser("cpu")
     c.add_argument("pids", nargs="+")
+    c = sub.add_parser("cpu-by")
+    c.add_argument("--since")
+    c.add_argument("groups", nargs="+")
     c = sub.add_parser("fm-line")
     c.add_argument("bench")
     c.add_argument("describe")
@@ -294,7 +308,7 @@ def main():
     c = sub.add_parser("merge")
     c.add_argument("fields")
     a = p.parse_args()
-    {"manifest": cmd_manifest, "b4": cmd_b4, "coord-mem": cmd_coord_mem, "cpu": cmd_cpu,
+    {"manifest": cmd_manifest, "b4": cmd_b4, "coord-mem": cmd_coord_mem, "cpu": cmd_cpu, "cpu-by": cmd_cpu_by,
      "fm-line": cmd_fm_line, "merge": cmd_merge}[a.cmd](a)
 
 

@@ -65,6 +65,14 @@ for size, tgt_r, tgt_e in (("large", "≥ 3×", "—"), ("tiny", "—", "≥ 10�
     line(b, "readings/s, e2e", rate(b, "fleetmap"), rate(b, "celery"), "Celery+pyarrow", tgt_r)
     line(b, "child executions/s", rate(b, "fleetmap", "executions"),
          rate(b, "celery", "executions"), "Celery+pyarrow", tgt_e)
+    for tool in ("fleetmap", "celery"):
+        by = [r for r in runs.get((b, tool), []) if r.get("cpu_by") and r.get("executions")]
+        if by:
+            groups = ", ".join(
+                f"{g} {statistics.median(r['cpu_by'][g] * 1e3 / r['executions'] for r in by):.2f}"
+                for g in by[0]["cpu_by"])
+            out.append(f"| {b} | CPU ms per child execution, {tool} stack | {groups} "
+                       f"(n={len(by)}) | — | — | (info) |")
     v, n = med(b, "fleetmap", "first_start_ms")
     if n:
         out.append(f"| {b} | run start → first child execution started (footer reads "

@@ -203,22 +203,28 @@ if want B3; then
   EXTRA_PIDS+=("$CELERY")
   FMPIDS=("$(pid_of coordinator)" "$(pid_of worker-1)" "$(pid_of worker-2)" "$(pid_of s3)")
   CLPIDS=("$CELERY" "$(pid_of s3)")
+  # Where each stack's CPU goes (`cpu_by`): its own processes, and the S3 server and
+  # RabbitMQ that both stacks share (RabbitMQ is in neither's cpu_seconds).
+  FMGROUPS=("coordinator=$(pid_of coordinator)" "workers=$(pid_of worker-1),$(pid_of worker-2)"
+    "s3=$(pid_of s3)" "rabbitmq=$BEAM")
+  CLGROUPS=("celery=$CELERY" "s3=$(pid_of s3)" "rabbitmq=$BEAM")
+  cpu_by() { "$PY" "$BENCH/b45.py" cpu-by "$@"; }
   fm_run() { # bench prefix
-    local c0 l0
-    c0=$(cpu_of "${FMPIDS[@]}"); l0=$(load1)
+    local c0 l0 by0
+    c0=$(cpu_of "${FMPIDS[@]}"); l0=$(load1); by0=$(cpu_by "${FMGROUPS[@]}")
     "$FM" start --manifest "s3://$DATA_BUCKET/$2manifest.csv" --max-concurrency 0 \
       --results-bucket "$RESULTS_BUCKET" --results-prefix fm --wait -o json > "$OUT/run.json"
     "$PY" "$BENCH/b45.py" fm-line "$1" "$OUT/run.json" \
-      "{\"cpu_seconds\": $(minus "$(cpu_of "${FMPIDS[@]}")" "$c0"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
+      "{\"cpu_seconds\": $(minus "$(cpu_of "${FMPIDS[@]}")" "$c0"), \"cpu_by\": $(cpu_by --since "$by0" "${FMGROUPS[@]}"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
     wipe_results
   }
   celery_run() { # bench prefix
-    local c0 l0 line
+    local c0 l0 line by0
     sed "s|^s3://$DATA_BUCKET/||" "$S3DATA/$2manifest.csv" > "$OUT/keys.list"
-    c0=$(cpu_of "${CLPIDS[@]}"); l0=$(load1)
+    c0=$(cpu_of "${CLPIDS[@]}"); l0=$(load1); by0=$(cpu_by "${CLGROUPS[@]}")
     line=$(cd "$BENCH" && "$PY" celery_run.py "$DATA_BUCKET" "$OUT/keys.list" "$RESULTS_BUCKET")
     echo "$line" | sed "s/\"bench\": \"B3\"/\"bench\": \"$1\"/" | "$PY" "$BENCH/b45.py" merge \
-      "{\"cpu_seconds\": $(minus "$(cpu_of "${CLPIDS[@]}")" "$c0"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
+      "{\"cpu_seconds\": $(minus "$(cpu_of "${CLPIDS[@]}")" "$c0"), \"cpu_by\": $(cpu_by --since "$by0" "${CLGROUPS[@]}"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
     wipe_results
   }
   # Warm-up, not recorded: page cache for both tools' inputs, Celery's pool processes and
