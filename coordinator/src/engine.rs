@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, AdmissionControl};
+use crate::alloc::Trimmer;
 use crate::batcher::{FileLayout, Planner};
 use crate::error::CoordinatorError;
 use crate::handle::{
@@ -244,6 +245,7 @@ impl Coordinator {
             deferred: Vec::new(),
             last_save: std::time::Instant::now(),
             saving: None,
+            trimmer: Trimmer::new(),
             retry_save_at: None,
             last_cost: std::time::Duration::ZERO,
             item_readers: Arc::new(tokio::sync::Semaphore::new(ITEM_READERS)),
@@ -410,6 +412,8 @@ struct Engine {
     last_save: std::time::Instant,
     /// The checkpoint being written beside the event loop, if any (one at a time).
     saving: Option<SaveTask>,
+    /// Gives the heap back after runs end (see [`crate::alloc`]).
+    trimmer: Trimmer,
     /// After a failed write, no new checkpoint before this.
     retry_save_at: Option<Instant>,
     /// What the last checkpoint took, serialising and PUT.
@@ -646,6 +650,10 @@ impl Engine {
             {
                 e.archived = true;
             }
+        }
+        if !saving.archiving.is_empty() {
+            // Their archives' buffers are gone now.
+            self.trimmer.run_ended();
         }
         for a in saving.acks {
             let _ = a.ack(BasicAckOptions::default()).await;
@@ -1149,6 +1157,7 @@ impl Engine {
                 e.finalized = true;
                 self.runs_finished += 1;
                 m::run_finished(e.run.status());
+                self.trimmer.run_ended();
                 info!(
                     run = %id,
                     status = e.run.status().as_str(),

@@ -20,6 +20,7 @@
 //! - [`metrics`]: metric names and updates.
 
 pub mod admission;
+mod alloc;
 pub mod api;
 pub mod batcher;
 pub mod engine;
