@@ -14,35 +14,40 @@ use std::time::{Duration, Instant};
 /// Trims at most this often, so a stream of small runs ending costs little.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// Trims the heap after runs end, on the blocking pool (a trim walks the free lists of
-/// every arena: milliseconds on a large heap), at most once per [`TRIM_EVERY`].
+/// Trims the heap after runs end (or finish reading their items), on the blocking pool (a
+/// trim walks the free lists of every arena: milliseconds on a large heap), at most once
+/// per [`TRIM_EVERY`]; one asked for sooner is put off to the end of that interval rather
+/// than dropped, so the last of a burst of runs is trimmed after too.
 #[derive(Debug)]
 pub struct Trimmer {
     last: Option<Instant>,
-    running: Arc<AtomicBool>,
+    /// A trim is running or scheduled.
+    busy: Arc<AtomicBool>,
 }
 
 impl Trimmer {
     pub fn new() -> Self {
         Trimmer {
             last: None,
-            running: Arc::new(AtomicBool::new(false)),
+            busy: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Called when a run's buffers have been freed: trims unless one ran just now or
-    /// still runs.
+    /// Called when a run's large buffers have been freed.
     pub fn run_ended(&mut self) {
-        if self.last.is_some_and(|t| t.elapsed() < TRIM_EVERY)
-            || self.running.swap(true, Ordering::AcqRel)
-        {
+        if self.busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.last = Some(Instant::now());
-        let running = Arc::clone(&self.running);
-        tokio::task::spawn_blocking(move || {
-            trim();
-            running.store(false, Ordering::Release);
+        let wait = self
+            .last
+            .map(|t| TRIM_EVERY.saturating_sub(t.elapsed()))
+            .unwrap_or_default();
+        self.last = Some(Instant::now() + wait);
+        let busy = Arc::clone(&self.busy);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = tokio::task::spawn_blocking(trim).await;
+            busy.store(false, Ordering::Release);
         });
     }
 }

@@ -1132,6 +1132,8 @@ impl Engine {
                             self.readers.remove(&id);
                             e.run.finish_reading(now);
                             info!(run = %id, children = e.run.execution_count(), "items read");
+                            // The manifest, footers and stretches are freed.
+                            self.trimmer.run_ended();
                             // An empty file set has nothing to run: settle at once.
                             self.settle(&id);
                         }
