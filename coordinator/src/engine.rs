@@ -487,8 +487,6 @@ impl Engine {
         );
     }
 
-    /// Writes a checkpoint when one is due, then acks what it covers and sends the replies
-    /// that waited for it. Returns when the next one is due, if changes are waiting.
     /// Starts a checkpoint when one is due: the archives of newly finished runs, then the
     /// snapshot naming them. Both are serialised here (they borrow the state) and written by
     /// a task beside the event loop, so dispatching and applying outcomes go on while the

@@ -130,11 +130,18 @@ impl Fleet {
             .start_run(Harness::spec(source, 50, tolerance))
             .await
             .unwrap();
-        let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
+        let d = self.wait_end(&id).await;
+        (id, d)
+    }
+
+    /// Waits (at most [`LIMIT`]) until the run is reported terminal, on the coordinator
+    /// running now.
+    async fn wait_end(&self, id: &RunId) -> RunDescription {
+        let h = self.coordinator.as_ref().unwrap().handle();
+        tokio::time::timeout(LIMIT, h.wait(id, Duration::from_millis(50), |_| {}))
             .await
             .unwrap_or_else(|_| panic!("run {id} did not finish within {LIMIT:?}"))
-            .unwrap();
-        (id, d)
+            .unwrap()
     }
 
     async fn get_json(&self, uri: &str) -> Value {
@@ -532,10 +539,7 @@ async fn a_redriven_run_is_archived_again_under_its_new_redrive_count() {
 
     let h = fleet.coordinator.as_ref().unwrap().handle();
     h.redrive(&id).await.unwrap();
-    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
-        .await
-        .expect("the redrive ends")
-        .unwrap();
+    let d = fleet.wait_end(&id).await;
     assert_eq!(
         (d.status, d.redrive_count),
         (RunStatus::Failed, 1),
@@ -647,11 +651,7 @@ async fn a_coordinator_restarted_while_reading_footers_plans_every_child_once() 
     let (mut fleet, generated, id) = slow_footer_run().await;
     first_stretch(&fleet, &id, generated.files.len() as u64).await;
     fleet.restart_coordinator().await;
-    let h = fleet.coordinator.as_ref().unwrap().handle();
-    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
-        .await
-        .expect("the run ends after the restart")
-        .unwrap();
+    let d = fleet.wait_end(&id).await;
     assert_every_child_once(&fleet, &d, &generated).await;
     fleet.stop().await;
 }
@@ -665,20 +665,14 @@ async fn a_run_aborted_while_reading_footers_is_redriven_to_every_child_once() {
     first_stretch(&fleet, &id, files).await;
     let h = fleet.coordinator.as_ref().unwrap().handle();
     h.abort(&id).await.unwrap();
-    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
-        .await
-        .expect("the abort ends the run")
-        .unwrap();
+    let d = fleet.wait_end(&id).await;
     assert_eq!(d.status, RunStatus::Aborted, "{d:#?}");
     assert!(
         d.execution_counts.total < files,
         "children were added after the abort: {d:#?}"
     );
     h.redrive(&id).await.unwrap();
-    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
-        .await
-        .expect("the redrive ends")
-        .unwrap();
+    let d = fleet.wait_end(&id).await;
     assert_eq!(d.redrive_count, 1);
     assert_every_child_once(&fleet, &d, &generated).await;
     fleet.stop().await;
@@ -713,11 +707,7 @@ async fn checkpoints_refused_for_a_while_delay_replies_and_lose_nothing() {
         .expect("StartMapRun answered once the store takes writes")
         .unwrap()
         .unwrap();
-    let h = fleet.coordinator.as_ref().unwrap().handle();
-    let d = tokio::time::timeout(LIMIT, h.wait(&id, Duration::from_millis(50), |_| {}))
-        .await
-        .expect("the run ends")
-        .unwrap();
+    let d = fleet.wait_end(&id).await;
     assert_eq!(d.status, RunStatus::Succeeded, "{d:#?}");
     assert_eq!(d.execution_counts.succeeded, files);
     assert_results_exact(&fleet, &d, &generated.readings).await;
