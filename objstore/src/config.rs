@@ -12,10 +12,14 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::config::SharedHttpClient;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig};
+use aws_smithy_runtime_api::box_error::BoxError;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -99,6 +103,69 @@ impl S3Config {
             secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
             ca_bundle: get("AWS_CA_BUNDLE").map(PathBuf::from),
         }
+    }
+}
+
+/// Whether request bodies may be left out of the SigV4 signature (`x-amz-content-sha256:
+/// UNSIGNED-PAYLOAD`) for the store at `endpoint` (`None`: AWS S3, always over HTTPS).
+///
+/// Signing a body hashes all of it with SHA-256 before the request leaves, and the server
+/// hashes it again to check: for a worker writing results that was 40 % of its CPU (B3 large,
+/// `perf`), and the server paid as much again. The body needs no signature where something
+/// else already protects it: TLS on an `https` endpoint, AWS S3 itself included (AWS's Java
+/// and Go SDKs leave S3 bodies unsigned over TLS by default), or a loopback endpoint, where it
+/// never crosses a network. Every upload still carries the SDK's CRC32 checksum, which the
+/// server checks, so a body damaged on the way is refused either way. Over plain `http` to
+/// another host the signature is all that ties the body to the credentials, so it stays.
+fn payload_is_protected(endpoint: Option<&str>) -> bool {
+    let Some(url) = endpoint else { return true };
+    let url = url.trim();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    if scheme.eq_ignore_ascii_case("https") {
+        return true;
+    }
+    // The authority: up to the path, without userinfo and port; IPv6 hosts are bracketed.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Leaves in-memory request bodies (every upload fleetmap makes) out of the signature, on
+/// clients whose endpoint [`payload_is_protected`]. Streaming bodies are left alone: the SDK
+/// sends those `aws-chunked` and picks their payload mode itself.
+#[derive(Debug)]
+struct UnsignedBodies;
+
+impl Intercept for UnsignedBodies {
+    fn name(&self) -> &'static str {
+        "fleetmap::UnsignedBodies"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context
+            .request()
+            .body()
+            .bytes()
+            .is_some_and(|b| !b.is_empty())
+        {
+            cfg.interceptor_state()
+                .store_put(PayloadSigningOverride::UnsignedPayload);
+        }
+        Ok(())
     }
 }
 
@@ -243,14 +310,17 @@ async fn build(cfg: &S3Config, http: Option<SharedHttpClient>) -> aws_sdk_s3::Cl
     }
     let shared = loader.load().await;
 
-    let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+    let mut s3_config = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(cfg.force_path_style || cfg.endpoint.is_some())
         .retry_partition(
             RetryPartition::custom("fleetmap-s3")
                 .token_bucket(TokenBucket::unlimited())
                 .build(),
-        )
-        .build();
+        );
+    if payload_is_protected(cfg.endpoint.as_deref()) {
+        s3_config = s3_config.interceptor(UnsignedBodies);
+    }
+    let s3_config = s3_config.build();
     aws_sdk_s3::Client::from_conf(s3_config)
 }
 
@@ -321,6 +391,28 @@ mod tests {
             let err = try_client(&cfg).await.unwrap_err().to_string();
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn payloads_are_signed_only_where_nothing_else_protects_them() {
+        for (endpoint, unsigned) in [
+            (None, true),
+            (Some("https://s3.eu-west-1.amazonaws.com"), true),
+            (Some("HTTPS://minio.internal:9000/"), true),
+            (Some("http://127.0.0.1:9000"), true),
+            (Some("http://127.8.9.10"), true),
+            (Some("http://localhost:9000/path"), true),
+            (Some("http://[::1]:9000"), true),
+            (Some("http://user@127.0.0.1:9000"), true),
+            (Some("http://minio.internal:9000"), false),
+            (Some("http://10.0.0.7:9000"), false),
+            (Some("http://[2001:db8::1]:9000"), false),
+            (Some("http://localhost.evil.example"), false),
+            (Some("http://127.0.0.1.nip.io"), false),
+            (Some("127.0.0.1:9000"), false),
+        ] {
+            assert_eq!(payload_is_protected(endpoint), unsigned, "{endpoint:?}");
         }
     }
 
