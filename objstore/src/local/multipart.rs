@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use s3s::auth::Credentials;
 use s3s::checksum::ChecksumHasher;
@@ -166,9 +167,12 @@ impl Multipart {
         };
         let hasher = hasher_for(&expected, checksum_algorithm.as_ref())?;
 
-        let tmp = TmpFile::create(self.tmp_path())?;
+        let path = self.tmp_path();
+        let (tmp, file) = tokio::task::spawn_blocking(move || TmpFile::create(path))
+            .await
+            .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
         let sink = Sink {
-            file: tmp.open()?,
+            file,
             md5: Md5::new(),
             checksum: hasher,
             len: 0,
@@ -301,8 +305,7 @@ struct Completion {
 /// Concatenates the parts into the object and records its ETag; blocking. Returns the ETag.
 /// Nothing is removed until the object is in place, so a failed completion can be retried.
 fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
-    let tmp = TmpFile::create(f.tmp.clone())?;
-    let mut out = tmp.open()?;
+    let (tmp, mut out) = TmpFile::create(f.tmp.clone())?;
     let mut digests = Md5::new();
     for (i, part) in parts.iter().enumerate() {
         let mut file = match File::open(&part.path) {
@@ -360,10 +363,9 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => remove_if_present(&f.object_meta)?,
         Err(e) => return Err(internal(&f.upload_meta, e)),
     }
-    let info = TmpFile::create(f.info_tmp.clone())?;
+    let (info, mut file) = TmpFile::create(f.info_tmp.clone())?;
     let body = serde_json::json!({ "e_tag": e_tag }).to_string();
-    info.open()?
-        .write_all(body.as_bytes())
+    file.write_all(body.as_bytes())
         .map_err(|e| internal(&f.info_tmp, e))?;
     info.persist_blocking(&f.info)?;
 
@@ -392,38 +394,37 @@ impl Sink {
     }
 }
 
-/// Where the sink is: free, or on the blocking pool with a chunk.
+/// Where the sink is: free, or on the blocking pool with a batch of chunks.
 enum Stage {
     Idle(Box<Sink>),
-    Busy(JoinHandle<io::Result<(Box<Sink>, Vec<u8>)>>),
+    Busy(JoinHandle<io::Result<Box<Sink>>>),
 }
 
 impl Stage {
-    /// Waits for the chunk in flight, if any; returns the sink and the emptied buffer.
-    async fn settle(self) -> S3Result<(Box<Sink>, Option<Vec<u8>>)> {
+    /// Waits for the batch in flight, if any.
+    async fn settle(self) -> S3Result<Box<Sink>> {
         match self {
-            Stage::Idle(sink) => Ok((sink, None)),
-            Stage::Busy(task) => {
-                let (sink, mut buf) = task
-                    .await
-                    .map_err(|e| s3_error!(InternalError, "writing a part: {e}"))?
-                    .map_err(|e| s3_error!(InternalError, "writing a part: {e}"))?;
-                buf.clear();
-                Ok((sink, Some(buf)))
-            }
+            Stage::Idle(sink) => Ok(sink),
+            Stage::Busy(task) => task
+                .await
+                .map_err(|e| s3_error!(InternalError, "writing a part: {e}"))?
+                .map_err(|e| s3_error!(InternalError, "writing a part: {e}")),
         }
     }
 }
 
-/// Streams `body` into the sink, [`WRITE_CHUNK`] bytes per blocking task, one task at a
-/// time, the next chunk arriving while the last is hashed and written.
+/// Streams `body` into the sink, about [`WRITE_CHUNK`] bytes per blocking task, one task at
+/// a time, the next batch arriving while the last is hashed and written. The chunks are
+/// handed over as received, not copied together.
 async fn receive(mut body: dto::StreamingBlob, sink: Sink) -> S3Result<Sink> {
     let mut stage = Stage::Idle(Box::new(sink));
-    let mut buf = Vec::with_capacity(WRITE_CHUNK);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0;
     loop {
         let ended = match body.next().await {
             Some(Ok(bytes)) => {
-                buf.extend_from_slice(&bytes);
+                batched += bytes.len();
+                batch.push(bytes);
                 false
             }
             Some(Err(e)) => {
@@ -431,19 +432,19 @@ async fn receive(mut body: dto::StreamingBlob, sink: Sink) -> S3Result<Sink> {
             }
             None => true,
         };
-        if buf.len() >= WRITE_CHUNK || (ended && !buf.is_empty()) {
-            let (mut sink, spare) = stage.settle().await?;
-            let full = std::mem::replace(
-                &mut buf,
-                spare.unwrap_or_else(|| Vec::with_capacity(WRITE_CHUNK)),
-            );
+        if batched >= WRITE_CHUNK || (ended && batched > 0) {
+            let mut sink = stage.settle().await?;
+            let full = std::mem::take(&mut batch);
+            batched = 0;
             stage = Stage::Busy(tokio::task::spawn_blocking(move || {
-                sink.absorb(&full)?;
-                Ok((sink, full))
+                for bytes in &full {
+                    sink.absorb(bytes)?;
+                }
+                Ok(sink)
             }));
         }
         if ended {
-            return Ok(*stage.settle().await?.0);
+            return Ok(*stage.settle().await?);
         }
     }
 }
@@ -455,16 +456,10 @@ struct TmpFile {
 }
 
 impl TmpFile {
-    fn create(path: PathBuf) -> S3Result<TmpFile> {
-        File::create(&path).map_err(|e| internal(&path, e))?;
-        Ok(TmpFile { path, keep: false })
-    }
-
-    fn open(&self) -> S3Result<File> {
-        File::options()
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| internal(&self.path, e))
+    /// Blocking.
+    fn create(path: PathBuf) -> S3Result<(TmpFile, File)> {
+        let file = File::create(&path).map_err(|e| internal(&path, e))?;
+        Ok((TmpFile { path, keep: false }, file))
     }
 
     fn persist_blocking(mut self, dest: &Path) -> S3Result<()> {
