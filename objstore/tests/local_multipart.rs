@@ -350,3 +350,184 @@ async fn uploads_to_loopback_are_unsigned_and_checksummed() {
     );
     assert!(head.contains("x-amz-checksum-crc32:"), "{head}");
 }
+
+async fn list_parts(c: &Client, key: &str, id: &str) -> Vec<(i32, i64, Option<String>)> {
+    let out = c
+        .list_parts()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+        .expect("list parts");
+    out.parts()
+        .iter()
+        .map(|p| {
+            (
+                p.part_number().unwrap_or_default(),
+                p.size().unwrap_or_default(),
+                p.e_tag().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn parts_of_one_size_are_written_in_place_and_listed() {
+    let (server, c) = server_with_bucket().await;
+    let key = "even";
+    let id = create(&c, key).await;
+    let parts = vec![
+        body(1, 5 * MIB),
+        body(2, 5 * MIB),
+        body(3, 5 * MIB),
+        body(4, 1000),
+    ];
+    // Part 2 arrives first and sets the stride.
+    let second = upload(&c, key, &id, 2, parts[1].clone()).await;
+    let fourth = upload(&c, key, &id, 4, parts[3].clone()).await;
+    let first = upload(&c, key, &id, 1, parts[0].clone()).await;
+    let third = upload(&c, key, &id, 3, parts[2].clone()).await;
+
+    let root = server.root().to_owned();
+    assert!(root.join(format!(".upload_id-{id}.assembly")).is_file());
+    for n in 1..=3 {
+        assert!(
+            !root.join(format!(".upload_id-{id}.part-{n}")).exists(),
+            "part {n}"
+        );
+    }
+    assert!(root.join(format!(".upload_id-{id}.part-4")).is_file());
+    let listed = list_parts(&c, key, &id).await;
+    let numbers: Vec<_> = listed.iter().map(|(n, size, _)| (*n, *size)).collect();
+    let m5 = 5 * MIB as i64;
+    assert_eq!(numbers, vec![(1, m5), (2, m5), (3, m5), (4, 1000)]);
+    assert_eq!(listed[0].2.as_deref(), first.e_tag());
+
+    let etag = complete(&c, key, &id, vec![first, second, third, fourth])
+        .await
+        .unwrap();
+    assert_eq!(etag, multipart_etag(&parts));
+    let (got, got_etag, _) = get(&c, key).await;
+    assert!(got == parts.concat(), "the object is the parts in order");
+    assert_eq!(got_etag, etag);
+    assert_eq!(upload_leftovers(&server), Vec::<String>::new());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_part_sent_again_replaces_the_first_whatever_its_size() {
+    let (server, c) = server_with_bucket().await;
+    let key = "again";
+    let id = create(&c, key).await;
+    let old = upload(&c, key, &id, 1, body(1, 5 * MIB)).await;
+    let two = upload(&c, key, &id, 2, body(2, 5 * MIB)).await;
+    // Same size, in place again; then part 2 once more, longer, so into a file of its own.
+    let new_one = upload(&c, key, &id, 1, body(7, 5 * MIB)).await;
+    let new_two = upload(&c, key, &id, 2, body(8, 6 * MIB)).await;
+    assert_ne!(old.e_tag(), new_one.e_tag());
+
+    let err = complete(&c, key, &id, vec![old, new_two.clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("part 1") && err.contains("does not match"),
+        "{err}"
+    );
+    let err = complete(&c, key, &id, vec![new_one.clone(), two])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("part 2") && err.contains("does not match"),
+        "{err}"
+    );
+
+    let etag = complete(&c, key, &id, vec![new_one, new_two])
+        .await
+        .unwrap();
+    let expected = [body(7, 5 * MIB), body(8, 6 * MIB)];
+    assert_eq!(etag, multipart_etag(&expected));
+    assert!(get(&c, key).await.0 == expected.concat());
+    assert_eq!(upload_leftovers(&server), Vec::<String>::new());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn parts_left_out_of_the_completion_are_not_in_the_object() {
+    let (server, c) = server_with_bucket().await;
+    let key = "fewer";
+    let id = create(&c, key).await;
+    let one = upload(&c, key, &id, 1, body(1, 5 * MIB)).await;
+    let two = upload(&c, key, &id, 2, body(2, 5 * MIB)).await;
+    upload(&c, key, &id, 3, body(3, 5 * MIB)).await;
+    let etag = complete(&c, key, &id, vec![one, two]).await.unwrap();
+    let expected = [body(1, 5 * MIB), body(2, 5 * MIB)];
+    assert_eq!(etag, multipart_etag(&expected));
+    assert!(get(&c, key).await.0 == expected.concat());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn if_none_match_refuses_to_replace_an_object_and_if_match_wants_its_etag() {
+    let (server, c) = server_with_bucket().await;
+    let key = "guarded";
+    let first = create(&c, key).await;
+    let part = upload(&c, key, &first, 1, body(1, 100)).await;
+    let guarded = c
+        .complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(&first)
+        .if_none_match("*")
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(part.clone())
+                .build(),
+        );
+    let etag = guarded
+        .clone()
+        .send()
+        .await
+        .expect("no object yet")
+        .e_tag()
+        .unwrap()
+        .to_owned();
+
+    let second = create(&c, key).await;
+    let part = upload(&c, key, &second, 1, body(2, 100)).await;
+    let done = |condition: (&'static str, String)| {
+        let request = c
+            .complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&second)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(part.clone())
+                    .build(),
+            );
+        let request = match condition.0 {
+            "if-none-match" => request.if_none_match(condition.1),
+            _ => request.if_match(condition.1),
+        };
+        async move {
+            request
+                .send()
+                .await
+                .map_err(|e| format!("{:?}", e.into_service_error()))
+        }
+    };
+    for refused in [
+        ("if-none-match", "*".to_owned()),
+        (
+            "if-match",
+            "\"0123456789abcdef0123456789abcdef-1\"".to_owned(),
+        ),
+    ] {
+        let err = done(refused.clone()).await.unwrap_err();
+        assert!(err.contains("PreconditionFailed"), "{refused:?}: {err}");
+    }
+    done(("if-match", etag)).await.expect("the ETag matches");
+    assert!(get(&c, key).await.0 == body(2, 100));
+    server.shutdown().await;
+}

@@ -243,7 +243,6 @@ forward_to_s3s_fs! {
     list_buckets(ListBucketsInput) -> ListBucketsOutput;
     list_objects(ListObjectsInput) -> ListObjectsOutput;
     list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
-    list_parts(ListPartsInput) -> ListPartsOutput;
     put_object(PutObjectInput) -> PutObjectOutput;
     upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
     => {
@@ -275,19 +274,24 @@ forward_to_s3s_fs! {
         self.multipart.upload_part(req).await
     }
 
-    /// A conditional completion (If-Match, If-None-Match) is s3s-fs's: rare, and slow there
-    /// only by hashing the parts again.
     async fn complete_multipart_upload(
         &self,
         req: S3Request<dto::CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
-        if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
-            let upload_id = req.input.upload_id.clone();
-            let done = self.inner.complete_multipart_upload(req).await;
-            self.multipart.forget(&upload_id);
-            return done;
-        }
         self.multipart.complete(req).await
+    }
+
+    /// s3s-fs lists the part files; the parts written in place are added.
+    async fn list_parts(
+        &self,
+        req: S3Request<dto::ListPartsInput>,
+    ) -> S3Result<S3Response<dto::ListPartsOutput>> {
+        let upload_id = req.input.upload_id.clone();
+        let mut listed = self.inner.list_parts(req).await?;
+        self.multipart
+            .add_assembled(&upload_id, &mut listed.output)
+            .await?;
+        Ok(listed)
     }
 
     async fn abort_multipart_upload(

@@ -5,28 +5,34 @@
 //! server's CPU on them (`perf`: MD5 38 %, page-cache copies 26 %, blocking-pool wake-ups
 //! 10 %). It hashes each part as it arrives; at completion it reads every part back through
 //! user space, hashes it again for the multipart ETag and writes it out again, 64 KiB per hop
-//! to tokio's blocking pool. Here a part is hashed once, as it arrives, and its digest kept;
-//! completion concatenates the parts inside the kernel (`std::io::copy` between files is
-//! `copy_file_range`) in one blocking task. Checksums a client sends with a part (CRC32 and
-//! the like) are verified, which s3s-fs skipped, so an upload whose payload is not signed is
-//! still checked end to end; the ETags named in the completion are checked against the parts,
-//! as S3 does.
+//! to tokio's blocking pool. Here a part is hashed once, as it arrives, and its digest kept.
+//! Parts of one size (every part but the last, with any client that splits its upload evenly)
+//! are written straight to their place in the object-to-be (see [`Assembly`]), so completing
+//! the upload is a rename; other parts are files of their own, joined inside the kernel
+//! (`std::io::copy` between files is `copy_file_range`) in one blocking task. Checksums a
+//! client sends with a part (CRC32 and the like) are verified, which s3s-fs skipped, so an
+//! upload whose payload is not signed is still checked end to end; the ETags named in the
+//! completion are checked against the parts, as S3 does.
 //!
 //! The files are s3s-fs's own layout, so its CreateMultipartUpload, ListParts,
 //! AbortMultipartUpload and the reads of the finished object work on them unchanged:
 //! - `.upload-<id>.json`: the upload exists (JSON of the initiator's access key);
-//! - `.upload_id-<id>.part-<n>`: part `n`;
+//! - `.upload_id-<id>.part-<n>`: part `n`, unless the assembly holds it;
+//! - `.upload_id-<id>.assembly` and `.upload_id-<id>.assembly.json`: the parts written in
+//!   place, and which they are. Named like the parts, so s3s-fs's abort removes them too,
+//!   and its ListParts passes over them (the server adds them to its answer).
 //! - `.bucket-<b64 bucket>.object-<b64 key>[.upload-<id>].metadata.json`: the attributes
 //!   (content type, user metadata), first of the upload, then of the object;
 //! - `.bucket-<b64 bucket>.object-<b64 key>.internal.json`: the ETag (and checksums);
 //! - `.tmp.*.internal.part`: files being written, which s3s-fs deletes when it starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -35,6 +41,7 @@ use s3s::auth::Credentials;
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::{self, ETag};
+use s3s::stream::ByteStream as _;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -50,6 +57,56 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// that a part never sits in memory whole.
 const WRITE_CHUNK: usize = 1024 * 1024;
 
+/// The furthest an assembly reaches: S3's largest object (5 TiB), well inside ext4's 16 TiB
+/// file limit. A part that would end beyond it is a part file.
+const MAX_ASSEMBLY: u64 = 5 << 40;
+
+/// The parts of one upload that are written straight to their place in one file: part `n`
+/// at `(n − 1) × stride`. Completing the upload then renames that file into place instead
+/// of copying every byte once more, and leaves no part files to delete (whose pages the
+/// kernel may still be writing back: B3 large waited on that at the end of each run). The
+/// stride is the length of the first part of at least [`MIN_PART_SIZE`] to arrive; a part
+/// of another length, or one whose number is being written at that moment, goes to a part
+/// file. The index (`.assembly.json`) is rewritten after each part, so a restarted server
+/// still finds the parts; a part about to be overwritten leaves the index first, so a part
+/// torn by a crash is never listed.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Assembly {
+    stride: u64,
+    /// The parts written completely, with their MD5.
+    parts: BTreeMap<i32, [u8; 16]>,
+    #[serde(skip)]
+    writing: BTreeSet<i32>,
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+/// Locks a mutex whose holders never leave it half updated (plain maps and sets).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A part being written into its upload's assembly: unmarked as being written when dropped,
+/// however the write ends.
+struct Claim {
+    assembly: Shared<Assembly>,
+    part: i32,
+    offset: u64,
+    len: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.assembly).writing.remove(&self.part);
+    }
+}
+
+/// Where a part's bytes go.
+enum Dest {
+    InPlace(Claim),
+    PartFile(TmpFile),
+}
+
 /// Multipart state beside s3s-fs: where its files are, and the digest of each part received
 /// since the server started.
 pub(super) struct Multipart {
@@ -59,6 +116,9 @@ pub(super) struct Multipart {
     /// when their upload completes or is aborted; a server restarted mid-upload hashes the
     /// parts it did not see at completion.
     digests: Mutex<HashMap<(Uuid, i32), PartDigest>>,
+    /// The assemblies of the uploads seen since the server started (loaded from their index
+    /// when first needed).
+    assemblies: Mutex<HashMap<Uuid, Shared<Assembly>>>,
     tmp_counter: AtomicU64,
 }
 
@@ -74,6 +134,7 @@ impl Multipart {
         Multipart {
             root,
             digests: Mutex::default(),
+            assemblies: Mutex::default(),
             tmp_counter: AtomicU64::new(0),
         }
     }
@@ -82,15 +143,58 @@ impl Multipart {
     /// s3s-fs).
     pub(super) fn forget(&self, upload_id: &str) {
         if let Ok(id) = Uuid::parse_str(upload_id) {
-            self.lock().retain(|(upload, _), _| *upload != id);
+            lock(&self.digests).retain(|(upload, _), _| *upload != id);
+            lock(&self.assemblies).remove(&id);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), PartDigest>> {
-        // The map holds plain digests: a panic elsewhere cannot leave it half updated.
-        self.digests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn assembly_path(&self, id: Uuid) -> PathBuf {
+        self.root.join(format!(".upload_id-{id}.assembly"))
+    }
+
+    fn index_path(&self, id: Uuid) -> PathBuf {
+        self.root.join(format!(".upload_id-{id}.assembly.json"))
+    }
+
+    /// The upload's assembly, read from its index the first time.
+    async fn assembly(&self, id: Uuid) -> S3Result<Shared<Assembly>> {
+        if let Some(a) = lock(&self.assemblies).get(&id) {
+            return Ok(Arc::clone(a));
+        }
+        let index = self.index_path(id);
+        let loaded = tokio::task::spawn_blocking(move || load_index(&index))
+            .await
+            .map_err(|e| s3_error!(InternalError, "reading an upload's index: {e}"))??;
+        Ok(Arc::clone(
+            lock(&self.assemblies)
+                .entry(id)
+                .or_insert_with(|| Arc::new(Mutex::new(loaded))),
+        ))
+    }
+
+    /// Adds the parts held in the upload's assembly to s3s-fs's ListParts answer, which
+    /// only sees part files.
+    pub(super) async fn add_assembled(
+        &self,
+        upload_id: &str,
+        out: &mut dto::ListPartsOutput,
+    ) -> S3Result<()> {
+        let Ok(id) = Uuid::parse_str(upload_id) else {
+            return Ok(());
+        };
+        let assembly = self.assembly(id).await?;
+        let a = lock(&assembly);
+        let parts = out.parts.get_or_insert_with(Vec::new);
+        parts.retain(|p| p.part_number.is_none_or(|n| !a.parts.contains_key(&n)));
+        let size = i64::try_from(a.stride).unwrap_or(i64::MAX);
+        parts.extend(a.parts.iter().map(|(n, md5)| dto::Part {
+            part_number: Some(*n),
+            size: Some(size),
+            e_tag: Some(ETag::Strong(hex(md5))),
+            ..Default::default()
+        }));
+        parts.sort_by_key(|p| p.part_number);
+        Ok(())
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -167,12 +271,22 @@ impl Multipart {
         };
         let hasher = hasher_for(&expected, checksum_algorithm.as_ref())?;
 
-        let path = self.tmp_path();
-        let (tmp, file) = tokio::task::spawn_blocking(move || TmpFile::create(path))
-            .await
-            .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+        let assembly = self.assembly(id).await?;
+        let len = body.remaining_length().exact().map(|n| n as u64);
+        let (tmp, asm_path) = (self.tmp_path(), self.assembly_path(id));
+        let (index, index_tmp) = (self.index_path(id), self.tmp_path());
+        let shared = Arc::clone(&assembly);
+        let (dest, file) = tokio::task::spawn_blocking(move || {
+            choose_dest(&shared, part_number, len, &asm_path, &index, index_tmp, tmp)
+        })
+        .await
+        .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
         let sink = Sink {
             file,
+            at: match &dest {
+                Dest::InPlace(claim) => Some(claim.offset),
+                Dest::PartFile(_) => None,
+            },
             md5: Md5::new(),
             checksum: hasher,
             len: 0,
@@ -194,10 +308,45 @@ impl Multipart {
         }
         check(&expected, &actual)?;
 
-        let dest = self.part_path(id, part_number);
-        let (len, modified) = tmp.persist(dest).await?;
-        self.lock()
-            .insert((id, part_number), PartDigest { md5, len, modified });
+        let part_file = self.part_path(id, part_number);
+        let (index, index_tmp) = (self.index_path(id), self.tmp_path());
+        match dest {
+            Dest::InPlace(claim) => {
+                if sink.len != claim.len {
+                    return Err(s3_error!(
+                        IncompleteBody,
+                        "the part's body was {} bytes, its length said {}",
+                        sink.len,
+                        claim.len
+                    ));
+                }
+                lock(&self.digests).remove(&(id, part_number));
+                tokio::task::spawn_blocking(move || {
+                    let mut a = lock(&claim.assembly);
+                    a.parts.insert(part_number, md5);
+                    save_index(&a, &index, index_tmp)?;
+                    drop(a);
+                    // An older copy of the part, sent when it could not go in place.
+                    remove_if_present(&part_file)
+                })
+                .await
+                .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+            }
+            Dest::PartFile(tmp) => {
+                let (len, modified) = tmp.persist(part_file).await?;
+                lock(&self.digests).insert((id, part_number), PartDigest { md5, len, modified });
+                // This part file is now the part; an older copy in the assembly is not.
+                tokio::task::spawn_blocking(move || {
+                    let mut a = lock(&assembly);
+                    if a.parts.remove(&part_number).is_some() {
+                        save_index(&a, &index, index_tmp)?;
+                    }
+                    Ok::<_, S3Error>(())
+                })
+                .await
+                .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+            }
+        }
         Ok(S3Response::new(dto::UploadPartOutput {
             e_tag: Some(ETag::Strong(hex(&md5))),
             checksum_crc32: actual.checksum_crc32,
@@ -209,8 +358,8 @@ impl Multipart {
         }))
     }
 
-    /// Completes an upload without If-Match / If-None-Match (the caller hands those to
-    /// s3s-fs).
+    /// Completes an upload; If-Match and If-None-Match are checked against the object the
+    /// upload would replace.
     pub(super) async fn complete(
         &self,
         req: S3Request<dto::CompleteMultipartUploadInput>,
@@ -223,6 +372,8 @@ impl Multipart {
             key,
             upload_id,
             multipart_upload,
+            if_match,
+            if_none_match,
             ..
         } = input;
         let parts = multipart_upload.and_then(|m| m.parts).unwrap_or_default();
@@ -231,10 +382,11 @@ impl Multipart {
         }
         let id = self.verify(credentials.as_ref(), &upload_id).await?;
         let object = object_path(&self.root, &bucket, &key)?;
+        let assembly = self.assembly(id).await?;
 
         let mut plan = Vec::with_capacity(parts.len());
         {
-            let digests = self.lock();
+            let digests = lock(&self.digests);
             let mut last = 0;
             for part in parts {
                 let n = part
@@ -257,6 +409,12 @@ impl Multipart {
         }
 
         let files = Completion {
+            if_match,
+            if_none_match,
+            assembly,
+            assembly_file: self.assembly_path(id),
+            index: self.index_path(id),
+            bucket: self.root.join(&bucket),
             tmp: self.tmp_path(),
             info_tmp: self.tmp_path(),
             object,
@@ -293,6 +451,12 @@ struct PlannedPart {
 
 /// The files a completion touches.
 struct Completion {
+    if_match: Option<dto::ETagCondition>,
+    if_none_match: Option<dto::ETagCondition>,
+    assembly: Shared<Assembly>,
+    assembly_file: PathBuf,
+    index: PathBuf,
+    bucket: PathBuf,
     tmp: PathBuf,
     info_tmp: PathBuf,
     object: PathBuf,
@@ -302,60 +466,97 @@ struct Completion {
     upload: PathBuf,
 }
 
-/// Concatenates the parts into the object and records its ETag; blocking. Returns the ETag.
+/// Joins the parts into the object and records its ETag; blocking. Returns the ETag.
 /// Nothing is removed until the object is in place, so a failed completion can be retried.
+///
+/// When parts 1…N−1 are all in the assembly (and N, the last, in it or in a file), the
+/// assembly becomes the object: the last part is copied to its place if need be, the file
+/// cut to length and renamed. Otherwise the parts are copied into a new file.
+///
+/// The assembly stays locked throughout, so no part starts to be written into it meanwhile;
+/// it becomes the object only if no part is being written into it either.
 fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
-    let (tmp, mut out) = TmpFile::create(f.tmp.clone())?;
-    let mut digests = Md5::new();
-    for (i, part) in parts.iter().enumerate() {
-        let mut file = match File::open(&part.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(s3_error!(
-                    InvalidPart,
-                    "part {} was not uploaded",
-                    part.number
-                ));
-            }
-            Err(e) => return Err(internal(&part.path, e)),
-        };
-        let meta = file.metadata().map_err(|e| internal(&part.path, e))?;
-        let modified = meta.modified().map_err(|e| internal(&part.path, e))?;
-        let md5 = match part.known {
-            Some(d) if d.len == meta.len() && d.modified == modified => d.md5,
-            _ => {
-                let md5 = md5_of(&mut file).map_err(|e| internal(&part.path, e))?;
-                file.rewind().map_err(|e| internal(&part.path, e))?;
-                md5
-            }
-        };
-        if let Some(given) = &part.e_tag
-            && !given.eq_ignore_ascii_case(&hex(&md5))
-        {
-            return Err(s3_error!(
-                InvalidPart,
-                "part {}: ETag {given} does not match the part uploaded",
-                part.number
-            ));
-        }
-        if i + 1 < parts.len() && meta.len() < MIN_PART_SIZE {
-            return Err(s3_error!(
-                EntityTooSmall,
-                "part {} is {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
-                part.number,
-                meta.len()
-            ));
-        }
-        io::copy(&mut file, &mut out).map_err(|e| internal(&part.path, e))?;
-        digests.update(&md5);
+    if !f.bucket.is_dir() {
+        let name = f.bucket.file_name().unwrap_or_default().to_string_lossy();
+        return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
     }
-    drop(out);
-    let e_tag = format!("{}-{}", hex(&digests.finalize()), parts.len());
+    check_preconditions(f)?;
+    let a = lock(&f.assembly);
+    let (stride, held) = (a.stride, &a.parts);
+    let count = parts.len();
+    let last = parts.last().map_or(0, |p| p.number);
+    // Parts 1…N in order, all but the last held, the first held too, nothing held or being
+    // written beyond the last (the last part, if in a file, may be longer than the stride).
+    let in_place = a.writing.is_empty()
+        && held.contains_key(&1)
+        && held.range(last + 1..).next().is_none()
+        && parts.iter().enumerate().all(|(i, p)| {
+            i64::from(p.number) == i as i64 + 1 && (i + 1 == count || held.contains_key(&p.number))
+        });
+
+    let mut digests = Md5::new();
+    let mut keep_tmp = None;
+    if in_place {
+        let mut out = File::options()
+            .write(true)
+            .open(&f.assembly_file)
+            .map_err(|e| internal(&f.assembly_file, e))?;
+        let mut end = 0;
+        for part in parts {
+            let offset = (part.number as u64 - 1) * stride;
+            let md5 = match held.get(&part.number) {
+                Some(md5) => {
+                    end = offset + stride;
+                    *md5
+                }
+                None => {
+                    let (mut file, len, md5) = open_part(part, count, count)?;
+                    out.seek(SeekFrom::Start(offset))
+                        .map_err(|e| internal(&f.assembly_file, e))?;
+                    io::copy(&mut file, &mut out).map_err(|e| internal(&part.path, e))?;
+                    end = offset + len;
+                    md5
+                }
+            };
+            check_e_tag(part, &md5)?;
+            digests.update(&md5);
+        }
+        out.set_len(end)
+            .map_err(|e| internal(&f.assembly_file, e))?;
+    } else {
+        let (tmp, mut out) = TmpFile::create(f.tmp.clone())?;
+        for (i, part) in parts.iter().enumerate() {
+            let md5 = match held.get(&part.number) {
+                Some(md5) => {
+                    let mut file =
+                        File::open(&f.assembly_file).map_err(|e| internal(&f.assembly_file, e))?;
+                    file.seek(SeekFrom::Start((part.number as u64 - 1) * stride))
+                        .map_err(|e| internal(&f.assembly_file, e))?;
+                    io::copy(&mut file.take(stride), &mut out)
+                        .map_err(|e| internal(&f.assembly_file, e))?;
+                    *md5
+                }
+                None => {
+                    let (mut file, _, md5) = open_part(part, i, count)?;
+                    io::copy(&mut file, &mut out).map_err(|e| internal(&part.path, e))?;
+                    md5
+                }
+            };
+            check_e_tag(part, &md5)?;
+            digests.update(&md5);
+        }
+        drop(out);
+        keep_tmp = Some(tmp);
+    }
+    let e_tag = format!("{}-{}", hex(&digests.finalize()), count);
 
     if let Some(dir) = f.object.parent() {
         std::fs::create_dir_all(dir).map_err(|e| internal(dir, e))?;
     }
-    tmp.persist_blocking(&f.object)?;
+    match keep_tmp {
+        Some(tmp) => tmp.persist_blocking(&f.object)?,
+        None => std::fs::rename(&f.assembly_file, &f.object).map_err(|e| internal(&f.object, e))?,
+    }
     // The upload's attributes become the object's; without any, none of an older object's
     // linger.
     match std::fs::rename(&f.upload_meta, &f.object_meta) {
@@ -370,15 +571,163 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
     info.persist_blocking(&f.info)?;
 
     for part in parts {
-        remove_if_present(&part.path)?;
+        if !held.contains_key(&part.number) {
+            remove_if_present(&part.path)?;
+        }
     }
+    remove_if_present(&f.assembly_file)?;
+    remove_if_present(&f.index)?;
     remove_if_present(&f.upload)?;
     Ok(e_tag)
+}
+
+/// If-None-Match: `*` fails when the object exists; If-Match when it does not, or when its
+/// ETag is not the one named.
+fn check_preconditions(f: &Completion) -> S3Result<()> {
+    let exists = f.object.is_file();
+    if f.if_none_match
+        .as_ref()
+        .is_some_and(dto::ETagCondition::is_any)
+        && exists
+    {
+        return Err(s3_error!(PreconditionFailed, "Object already exists"));
+    }
+    let Some(condition) = &f.if_match else {
+        return Ok(());
+    };
+    if !exists {
+        return Err(s3_error!(PreconditionFailed, "Object does not exist"));
+    }
+    if let Some(expected) = condition.as_etag() {
+        let recorded = std::fs::read(&f.info)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("e_tag")?.as_str().map(str::to_owned));
+        let current = match recorded {
+            Some(e_tag) => e_tag,
+            None => {
+                let mut file = File::open(&f.object).map_err(|e| internal(&f.object, e))?;
+                hex(&md5_of(&mut file).map_err(|e| internal(&f.object, e))?)
+            }
+        };
+        if !ETag::Strong(current).strong_cmp(expected) {
+            return Err(s3_error!(PreconditionFailed, "ETag does not match"));
+        }
+    }
+    Ok(())
+}
+
+/// Opens a part held in a file of its own, the `i`-th of `count` in the completion; returns
+/// it with its length and MD5 (the one kept when it was written, if the file is unchanged).
+fn open_part(part: &PlannedPart, i: usize, count: usize) -> S3Result<(File, u64, [u8; 16])> {
+    let mut file = match File::open(&part.path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(s3_error!(
+                InvalidPart,
+                "part {} was not uploaded",
+                part.number
+            ));
+        }
+        Err(e) => return Err(internal(&part.path, e)),
+    };
+    let meta = file.metadata().map_err(|e| internal(&part.path, e))?;
+    let modified = meta.modified().map_err(|e| internal(&part.path, e))?;
+    let md5 = match part.known {
+        Some(d) if d.len == meta.len() && d.modified == modified => d.md5,
+        _ => {
+            let md5 = md5_of(&mut file).map_err(|e| internal(&part.path, e))?;
+            file.rewind().map_err(|e| internal(&part.path, e))?;
+            md5
+        }
+    };
+    if i + 1 < count && meta.len() < MIN_PART_SIZE {
+        return Err(s3_error!(
+            EntityTooSmall,
+            "part {} is {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
+            part.number,
+            meta.len()
+        ));
+    }
+    Ok((file, meta.len(), md5))
+}
+
+/// The ETag the client names for a part must be the part's.
+fn check_e_tag(part: &PlannedPart, md5: &[u8; 16]) -> S3Result<()> {
+    match &part.e_tag {
+        Some(given) if !given.eq_ignore_ascii_case(&hex(md5)) => Err(s3_error!(
+            InvalidPart,
+            "part {}: ETag {given} does not match the part uploaded",
+            part.number
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Decides where a part of `len` bytes (if known beforehand) goes, and opens it there;
+/// blocking.
+fn choose_dest(
+    assembly: &Shared<Assembly>,
+    part: i32,
+    len: Option<u64>,
+    assembly_file: &Path,
+    index: &Path,
+    index_tmp: PathBuf,
+    tmp: PathBuf,
+) -> S3Result<(Dest, File)> {
+    if let Some(len) = len.filter(|&l| l >= MIN_PART_SIZE) {
+        let mut a = lock(assembly);
+        if a.stride == 0 {
+            a.stride = len;
+        }
+        let offset = (part as u64 - 1) * len;
+        if a.stride == len && offset + len <= MAX_ASSEMBLY && !a.writing.contains(&part) {
+            if a.parts.remove(&part).is_some() {
+                save_index(&a, index, index_tmp)?;
+            }
+            a.writing.insert(part);
+            drop(a);
+            let claim = Claim {
+                assembly: Arc::clone(assembly),
+                part,
+                offset,
+                len,
+            };
+            let file = File::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(assembly_file)
+                .map_err(|e| internal(assembly_file, e))?;
+            return Ok((Dest::InPlace(claim), file));
+        }
+    }
+    let (tmp, file) = TmpFile::create(tmp)?;
+    Ok((Dest::PartFile(tmp), file))
+}
+
+fn load_index(path: &Path) -> S3Result<Assembly> {
+    match std::fs::read(path) {
+        Ok(body) => serde_json::from_slice(&body)
+            .map_err(|e| s3_error!(InternalError, "{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Assembly::default()),
+        Err(e) => Err(internal(path, e)),
+    }
+}
+
+/// Rewrites the index; the caller holds the assembly's lock, so saves never cross.
+fn save_index(a: &Assembly, path: &Path, tmp: PathBuf) -> S3Result<()> {
+    let body = serde_json::to_vec(a).map_err(|e| s3_error!(InternalError, "{e}"))?;
+    let (t, mut file) = TmpFile::create(tmp)?;
+    file.write_all(&body).map_err(|e| internal(&t.path, e))?;
+    t.persist_blocking(path)
 }
 
 /// What a part's bytes go through while they arrive.
 struct Sink {
     file: File,
+    /// Where in the file the part starts, when it is written in place.
+    at: Option<u64>,
     md5: Md5,
     checksum: ChecksumHasher,
     len: u64,
@@ -388,7 +737,10 @@ impl Sink {
     fn absorb(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.md5.update(bytes);
         self.checksum.update(bytes);
-        self.file.write_all(bytes)?;
+        match self.at {
+            Some(at) => self.file.write_all_at(bytes, at + self.len)?,
+            None => self.file.write_all(bytes)?,
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }
