@@ -643,8 +643,23 @@ async fn results_larger_than_a_part_stream_as_multipart_with_every_record_in_ord
     assert_eq!(report.readings, 60_000);
     assert_eq!(report.anomalies, expected_counts(&rows));
     let (body, records) = env.records(&report.result_key).await;
-    assert!(body.len() > 2 * fleetmap_worker::process::PART_SIZE);
+    let part_size = fleetmap_worker::process::PART_SIZE;
+    assert!(body.len() > 2 * part_size);
     assert_eq!(records.len(), rows.len());
+    // Every part but the last exactly PART_SIZE long: S3's multipart ETag is the MD5 of the
+    // parts' MD5s, so it names the boundaries.
+    let etag = env
+        .client
+        .head_object()
+        .bucket(RESULTS)
+        .key(&report.result_key)
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
+    assert_eq!(etag, multipart_etag(&body, part_size));
     for (rec, row) in records.iter().zip(&rows) {
         assert_eq!(rec["deviceid"], row.deviceid.as_str());
         assert_eq!(rec["readingtimestamp"], row.timestamp.as_str());
@@ -654,6 +669,20 @@ async fn results_larger_than_a_part_stream_as_multipart_with_every_record_in_ord
     assert_eq!(again.result_key, report.result_key);
     let (body_again, _) = env.records(&again.result_key).await;
     assert!(body_again == body);
+}
+
+/// S3's ETag for `body` uploaded in parts of `part_size` (the last shorter).
+fn multipart_etag(body: &[u8], part_size: usize) -> String {
+    use s3s::crypto::{Checksum, Md5};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut of_parts = Md5::new();
+    for part in body.chunks(part_size) {
+        let mut md5 = Md5::new();
+        md5.update(part);
+        of_parts.update(&md5.finalize());
+    }
+    let count = body.len().div_ceil(part_size);
+    format!("\"{}-{count}\"", hex(&of_parts.finalize()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,10 @@
 //! A file of millions of readings makes gigabytes of JSON lines, so the records are never
 //! held whole: the encoder hands over pieces through a bounded channel, and [`upload`]
 //! writes them as a multipart upload of [`PART_SIZE`] parts, at most
-//! [`MAX_PARTS_IN_FLIGHT`] at once. Output that fits in one part (most items) is written in
+//! [`MAX_PARTS_IN_FLIGHT`] at once. Every part but the last is exactly `PART_SIZE` long, as
+//! the AWS CLI and SDK transfer managers cut them: a store can then put each part at its
+//! final offset as it arrives and complete the upload without copying it again (fleetmap's
+//! loopback server does; B3 large spent 17 % of that server's CPU on the copy). Output that fits in one part (most items) is written in
 //! one PutObject, as before. Memory per item is therefore bounded by about
 //! `PART_SIZE × (MAX_PARTS_IN_FLIGHT + 1)` plus the channel, whatever the file size.
 //!
@@ -55,13 +58,15 @@ pub async fn upload(
     let mut total = 0u64;
     while let Some(piece) = pieces.recv().await {
         total += piece.len() as u64;
-        if pending.is_empty() && piece.len() >= PART_SIZE {
+        if pending.is_empty() {
             pending = piece;
         } else {
             pending.extend_from_slice(&piece);
         }
-        if pending.len() >= PART_SIZE {
-            let part = Bytes::from(std::mem::take(&mut pending));
+        while pending.len() >= PART_SIZE {
+            // The encoder sends whole parts; this only cuts pieces that arrive otherwise.
+            let rest = pending.split_off(PART_SIZE);
+            let part = Bytes::from(std::mem::replace(&mut pending, rest));
             let m = match &mut multipart {
                 Some(m) => m,
                 None => multipart.insert(Multipart::create(&s3, &target).await?),
