@@ -9,7 +9,7 @@ needs a build of its own. Each prints one JSON line per measurement for report.p
     python b45.py b4 --api URL --manifest URI --bench B4-throughput --pids coord=P,noop=P,beam=P
     python b45.py coord-mem --api URL --pid P --manifest URI --runs R [--backlog B]
     python b45.py cpu PID...                       CPU seconds of these processes + descendants
-    python b45.py fm-line BENCH DESCRIBE.json [FIELDS-JSON]   a fleetmap B3 result line
+    python b45.py fm-line [--api URL] BENCH DESCRIBE.json [FIELDS-JSON]   a fleetmap result line
     python b45.py merge FIELDS-JSON < lines        adds fields to each JSON line
 
 The manifests name objects that do not exist: B4's no-op worker never reads them, and a run
@@ -143,9 +143,9 @@ def cmd_fm_line(a):
             "failed": d["executionCounts"]["failed"], "status": d["status"]}
     # Time to the first child execution: for a Parquet manifest this includes reading that
     # object's footer, and shows whether children wait for every footer.
-    url = os.environ.get("FLEETMAP_COORDINATOR_URL")
-    if url:
-        api = Api(url)
+    # Only where a coordinator serves the run (B3), not for `fleetmap run` (B5's worker part).
+    if a.api:
+        api = Api(a.api)
         page = api.call("GET", f"/v1/map-runs/{d['mapRunId']}/executions?maxResults=1000")
         starts = [ms(e["startDate"]) for e in page["executions"] if e.get("startDate")]
         if starts:
@@ -302,6 +302,7 @@ def main():
     c.add_argument("--since")
     c.add_argument("groups", nargs="+")
     c = sub.add_parser("fm-line")
+    c.add_argument("--api", help="coordinator to ask for the first child's start")
     c.add_argument("bench")
     c.add_argument("describe")
     c.add_argument("fields", nargs="?")

@@ -214,7 +214,7 @@ if want B3; then
     c0=$(cpu_of "${FMPIDS[@]}"); l0=$(load1); by0=$(cpu_by "${FMGROUPS[@]}")
     "$FM" start --manifest "s3://$DATA_BUCKET/$2manifest.csv" --max-concurrency 0 \
       --results-bucket "$RESULTS_BUCKET" --results-prefix fm --wait -o json > "$OUT/run.json"
-    "$PY" "$BENCH/b45.py" fm-line "$1" "$OUT/run.json" \
+    "$PY" "$BENCH/b45.py" fm-line --api "$API" "$1" "$OUT/run.json" \
       "{\"cpu_seconds\": $(minus "$(cpu_of "${FMPIDS[@]}")" "$c0"), \"cpu_by\": $(cpu_by --since "$by0" "${FMGROUPS[@]}"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
     wipe_results
   }
