@@ -51,6 +51,13 @@ else
 fi
 DAYS=834
 mkdir -p "$DATA" "$OUT"
+# One invocation at a time: two would share bench/data/stack (pid files, ports, the S3
+# folder) and each one's cleanup would stop the other's processes.
+exec 9> "$DATA/.run.lock"
+if ! flock -n 9; then
+  echo "bench/run.sh: another bench/run.sh is running ($DATA/.run.lock is held)" >&2
+  exit 1
+fi
 RESULTS=$OUT/results-$TAG.jsonl
 # BENCH_APPEND=1 keeps earlier lines (e.g. several --only invocations feeding one table).
 [ "${BENCH_APPEND:-0}" = 1 ] || : > "$RESULTS"
