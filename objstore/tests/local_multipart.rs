@@ -87,7 +87,26 @@ async fn complete(
     id: &str,
     parts: Vec<CompletedPart>,
 ) -> Result<String, String> {
-    c.complete_multipart_upload()
+    complete_if(c, key, id, parts, None).await
+}
+
+/// A precondition on the object the completion would replace.
+#[derive(Debug, Clone)]
+enum Condition {
+    IfMatch(String),
+    IfNoneMatch(String),
+}
+
+/// Completes the upload; returns its ETag, or the service error as text.
+async fn complete_if(
+    c: &Client,
+    key: &str,
+    id: &str,
+    parts: Vec<CompletedPart>,
+    condition: Option<Condition>,
+) -> Result<String, String> {
+    let request = c
+        .complete_multipart_upload()
         .bucket(BUCKET)
         .key(key)
         .upload_id(id)
@@ -95,7 +114,13 @@ async fn complete(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
                 .build(),
-        )
+        );
+    let request = match condition {
+        None => request,
+        Some(Condition::IfMatch(etag)) => request.if_match(etag),
+        Some(Condition::IfNoneMatch(etag)) => request.if_none_match(etag),
+    };
+    request
         .send()
         .await
         .map(|out| out.e_tag().unwrap_or_default().to_owned())
@@ -473,61 +498,23 @@ async fn if_none_match_refuses_to_replace_an_object_and_if_match_wants_its_etag(
     let key = "guarded";
     let first = create(&c, key).await;
     let part = upload(&c, key, &first, 1, body(1, 100)).await;
-    let guarded = c
-        .complete_multipart_upload()
-        .bucket(BUCKET)
-        .key(key)
-        .upload_id(&first)
-        .if_none_match("*")
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .parts(part.clone())
-                .build(),
-        );
-    let etag = guarded
-        .clone()
-        .send()
+    let none = || Some(Condition::IfNoneMatch("*".to_owned()));
+    let etag = complete_if(&c, key, &first, vec![part], none())
         .await
-        .expect("no object yet")
-        .e_tag()
-        .unwrap()
-        .to_owned();
+        .expect("no object yet");
 
     let second = create(&c, key).await;
     let part = upload(&c, key, &second, 1, body(2, 100)).await;
-    let done = |condition: (&'static str, String)| {
-        let request = c
-            .complete_multipart_upload()
-            .bucket(BUCKET)
-            .key(key)
-            .upload_id(&second)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .parts(part.clone())
-                    .build(),
-            );
-        let request = match condition.0 {
-            "if-none-match" => request.if_none_match(condition.1),
-            _ => request.if_match(condition.1),
-        };
-        async move {
-            request
-                .send()
-                .await
-                .map_err(|e| format!("{:?}", e.into_service_error()))
-        }
-    };
-    for refused in [
-        ("if-none-match", "*".to_owned()),
-        (
-            "if-match",
-            "\"0123456789abcdef0123456789abcdef-1\"".to_owned(),
-        ),
-    ] {
-        let err = done(refused.clone()).await.unwrap_err();
+    let wrong = "\"0123456789abcdef0123456789abcdef-1\"".to_owned();
+    for refused in [none(), Some(Condition::IfMatch(wrong))] {
+        let err = complete_if(&c, key, &second, vec![part.clone()], refused.clone())
+            .await
+            .unwrap_err();
         assert!(err.contains("PreconditionFailed"), "{refused:?}: {err}");
     }
-    done(("if-match", etag)).await.expect("the ETag matches");
+    complete_if(&c, key, &second, vec![part], Some(Condition::IfMatch(etag)))
+        .await
+        .expect("the ETag matches");
     assert!(get(&c, key).await.0 == body(2, 100));
     server.shutdown().await;
 }

@@ -210,7 +210,8 @@ async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationTo
 struct AsS3 {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
-    /// UploadPart and CompleteMultipartUpload, done with a fraction of s3s-fs's CPU.
+    /// UploadPart, CompleteMultipartUpload and the parts ListParts adds: a fraction of
+    /// s3s-fs's CPU.
     multipart: multipart::Multipart,
 }
 

@@ -14,8 +14,9 @@
 //! upload whose payload is not signed is still checked end to end; the ETags named in the
 //! completion are checked against the parts, as S3 does.
 //!
-//! The files are s3s-fs's own layout, so its CreateMultipartUpload, ListParts,
-//! AbortMultipartUpload and the reads of the finished object work on them unchanged:
+//! The files are s3s-fs's own layout, so its CreateMultipartUpload, AbortMultipartUpload
+//! and the reads of the finished object work on them unchanged, and its ListParts needs only
+//! the parts held in place added:
 //! - `.upload-<id>.json`: the upload exists (JSON of the initiator's access key);
 //! - `.upload_id-<id>.part-<n>`: part `n`, unless the assembly holds it;
 //! - `.upload_id-<id>.assembly` and `.upload_id-<id>.assembly.json`: the parts written in
@@ -139,8 +140,7 @@ impl Multipart {
         }
     }
 
-    /// Forgets the digests of an upload that ended elsewhere (aborted, or completed by
-    /// s3s-fs).
+    /// Forgets what is kept of an upload that has ended (completed or aborted).
     pub(super) fn forget(&self, upload_id: &str) {
         if let Ok(id) = Uuid::parse_str(upload_id) {
             lock(&self.digests).retain(|(upload, _), _| *upload != id);
@@ -162,9 +162,7 @@ impl Multipart {
             return Ok(Arc::clone(a));
         }
         let index = self.index_path(id);
-        let loaded = tokio::task::spawn_blocking(move || load_index(&index))
-            .await
-            .map_err(|e| s3_error!(InternalError, "reading an upload's index: {e}"))??;
+        let loaded = blocking("reading an upload's index", move || load_index(&index)).await?;
         Ok(Arc::clone(
             lock(&self.assemblies)
                 .entry(id)
@@ -209,11 +207,16 @@ impl Multipart {
         self.root.join(format!(".upload_id-{id}.part-{part}"))
     }
 
+    /// The file that says the upload exists, and whose it is.
+    fn upload_path(&self, id: Uuid) -> PathBuf {
+        self.root.join(format!(".upload-{id}.json"))
+    }
+
     /// Checks that the upload exists and was started with the caller's access key.
     async fn verify(&self, credentials: Option<&Credentials>, upload_id: &str) -> S3Result<Uuid> {
         let id = Uuid::parse_str(upload_id)
             .map_err(|_| s3_error!(NoSuchUpload, "no upload has the id {upload_id:?}"))?;
-        let path = self.root.join(format!(".upload-{id}.json"));
+        let path = self.upload_path(id);
         let content = match tokio::fs::read(&path).await {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -275,12 +278,11 @@ impl Multipart {
         let len = body.remaining_length().exact().map(|n| n as u64);
         let (tmp, asm_path) = (self.tmp_path(), self.assembly_path(id));
         let (index, index_tmp) = (self.index_path(id), self.tmp_path());
-        let shared = Arc::clone(&assembly);
-        let (dest, file) = tokio::task::spawn_blocking(move || {
-            choose_dest(&shared, part_number, len, &asm_path, &index, index_tmp, tmp)
+        let (shared, at) = (Arc::clone(&assembly), index.clone());
+        let (dest, file) = blocking("storing a part", move || {
+            choose_dest(&shared, part_number, len, &asm_path, &at, index_tmp, tmp)
         })
-        .await
-        .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+        .await?;
         let sink = Sink {
             file,
             at: match &dest {
@@ -308,8 +310,7 @@ impl Multipart {
         }
         check(&expected, &actual)?;
 
-        let part_file = self.part_path(id, part_number);
-        let (index, index_tmp) = (self.index_path(id), self.tmp_path());
+        let (part_file, index_tmp) = (self.part_path(id, part_number), self.tmp_path());
         match dest {
             Dest::InPlace(claim) => {
                 if sink.len != claim.len {
@@ -321,7 +322,7 @@ impl Multipart {
                     ));
                 }
                 lock(&self.digests).remove(&(id, part_number));
-                tokio::task::spawn_blocking(move || {
+                blocking("storing a part", move || {
                     let mut a = lock(&claim.assembly);
                     a.parts.insert(part_number, md5);
                     save_index(&a, &index, index_tmp)?;
@@ -329,22 +330,20 @@ impl Multipart {
                     // An older copy of the part, sent when it could not go in place.
                     remove_if_present(&part_file)
                 })
-                .await
-                .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+                .await?;
             }
             Dest::PartFile(tmp) => {
                 let (len, modified) = tmp.persist(part_file).await?;
                 lock(&self.digests).insert((id, part_number), PartDigest { md5, len, modified });
                 // This part file is now the part; an older copy in the assembly is not.
-                tokio::task::spawn_blocking(move || {
+                blocking("storing a part", move || {
                     let mut a = lock(&assembly);
                     if a.parts.remove(&part_number).is_some() {
                         save_index(&a, &index, index_tmp)?;
                     }
-                    Ok::<_, S3Error>(())
+                    Ok(())
                 })
-                .await
-                .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))??;
+                .await?;
             }
         }
         Ok(S3Response::new(dto::UploadPartOutput {
@@ -425,11 +424,9 @@ impl Multipart {
                 b64(&bucket),
                 b64(&key)
             )),
-            upload: self.root.join(format!(".upload-{id}.json")),
+            upload: self.upload_path(id),
         };
-        let e_tag = tokio::task::spawn_blocking(move || assemble(&plan, &files))
-            .await
-            .map_err(|e| s3_error!(InternalError, "completing the upload: {e}"))??;
+        let e_tag = blocking("completing the upload", move || assemble(&plan, &files)).await?;
         self.forget(&upload_id);
         Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
             bucket: Some(bucket),
@@ -510,7 +507,8 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
                     *md5
                 }
                 None => {
-                    let (mut file, len, md5) = open_part(part, count, count)?;
+                    // Only the last part can be outside the assembly here.
+                    let (mut file, len, md5) = open_part(part, true)?;
                     out.seek(SeekFrom::Start(offset))
                         .map_err(|e| internal(&f.assembly_file, e))?;
                     io::copy(&mut file, &mut out).map_err(|e| internal(&part.path, e))?;
@@ -537,7 +535,7 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
                     *md5
                 }
                 None => {
-                    let (mut file, _, md5) = open_part(part, i, count)?;
+                    let (mut file, _, md5) = open_part(part, i + 1 == count)?;
                     io::copy(&mut file, &mut out).map_err(|e| internal(&part.path, e))?;
                     md5
                 }
@@ -617,9 +615,9 @@ fn check_preconditions(f: &Completion) -> S3Result<()> {
     Ok(())
 }
 
-/// Opens a part held in a file of its own, the `i`-th of `count` in the completion; returns
-/// it with its length and MD5 (the one kept when it was written, if the file is unchanged).
-fn open_part(part: &PlannedPart, i: usize, count: usize) -> S3Result<(File, u64, [u8; 16])> {
+/// Opens a part held in a file of its own (the completion's last part, or not); returns it
+/// with its length and MD5 (the one kept when it was written, if the file is unchanged).
+fn open_part(part: &PlannedPart, is_last: bool) -> S3Result<(File, u64, [u8; 16])> {
     let mut file = match File::open(&part.path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -641,7 +639,7 @@ fn open_part(part: &PlannedPart, i: usize, count: usize) -> S3Result<(File, u64,
             md5
         }
     };
-    if i + 1 < count && meta.len() < MIN_PART_SIZE {
+    if !is_last && meta.len() < MIN_PART_SIZE {
         return Err(s3_error!(
             EntityTooSmall,
             "part {} is {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
@@ -822,14 +820,13 @@ impl TmpFile {
 
     /// Moves the file to `dest`; returns its length and mtime there.
     async fn persist(self, dest: PathBuf) -> S3Result<(u64, SystemTime)> {
-        tokio::task::spawn_blocking(move || {
+        blocking("storing a part", move || {
             self.persist_blocking(&dest)?;
             let meta = std::fs::metadata(&dest).map_err(|e| internal(&dest, e))?;
             let modified = meta.modified().map_err(|e| internal(&dest, e))?;
             Ok((meta.len(), modified))
         })
         .await
-        .map_err(|e| s3_error!(InternalError, "storing a part: {e}"))?
     }
 }
 
@@ -984,6 +981,16 @@ fn md5_of(file: &mut File) -> io::Result<[u8; 16]> {
         }
         md5.update(&buf[..n]);
     }
+}
+
+/// Runs `f` on the blocking pool; a task that panicked is an internal error while `what`.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> S3Result<T> + Send + 'static,
+) -> S3Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| s3_error!(InternalError, "{what}: {e}"))?
 }
 
 fn remove_if_present(path: &Path) -> S3Result<()> {
