@@ -114,13 +114,8 @@ fn process_chunk(
         first_index += readings.len() as u64;
         out.readings += d.readings;
         out.counts.add(&d.counts);
-        // Parts of exactly PART_SIZE, the overflow carried into the next: a store can then
-        // write each part at its final offset as it arrives (see upload.rs).
-        while records.len() >= upload::PART_SIZE {
-            let mut next = Vec::with_capacity(upload::PART_SIZE);
-            next.extend_from_slice(&records[upload::PART_SIZE..]);
-            records.truncate(upload::PART_SIZE);
-            let full = std::mem::replace(&mut records, next);
+        // Whole parts only, the overflow carried into the next (see upload.rs).
+        while let Some(full) = upload::cut_part(&mut records) {
             if to_upload.blocking_send(full).is_err() {
                 // The uploader stopped; its error is the one the item reports.
                 return Err(UploadStopped.into_error(job));

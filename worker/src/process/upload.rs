@@ -4,10 +4,10 @@
 //! held whole: the encoder hands over pieces through a bounded channel, and [`upload`]
 //! writes them as a multipart upload of [`PART_SIZE`] parts, at most
 //! [`MAX_PARTS_IN_FLIGHT`] at once. Every part but the last is exactly `PART_SIZE` long, as
-//! the AWS CLI and SDK transfer managers cut them: a store can then put each part at its
-//! final offset as it arrives and complete the upload without copying it again (fleetmap's
-//! loopback server does; B3 large spent 17 % of that server's CPU on the copy). Output that fits in one part (most items) is written in
-//! one PutObject, as before. Memory per item is therefore bounded by about
+//! the AWS CLI and SDK transfer managers cut them (see [`cut_part`]): a store can then put
+//! each part at its final offset as it arrives and complete the upload without copying it
+//! again (fleetmap's loopback server does; B3 large spent 17 % of that server's CPU on the
+//! copy). Output that fits in one part (most items) is written in one PutObject, as before. Memory per item is therefore bounded by about
 //! `PART_SIZE × (MAX_PARTS_IN_FLIGHT + 1)` plus the channel, whatever the file size.
 //!
 //! The object appears only when the upload completes, and a failed upload is aborted, so a
@@ -63,10 +63,9 @@ pub async fn upload(
         } else {
             pending.extend_from_slice(&piece);
         }
-        while pending.len() >= PART_SIZE {
-            // The encoder sends whole parts; this only cuts pieces that arrive otherwise.
-            let rest = pending.split_off(PART_SIZE);
-            let part = Bytes::from(std::mem::replace(&mut pending, rest));
+        // The encoder sends whole parts; this only cuts pieces that arrive otherwise.
+        while let Some(part) = cut_part(&mut pending) {
+            let part = Bytes::from(part);
             let m = match &mut multipart {
                 Some(m) => m,
                 None => multipart.insert(Multipart::create(&s3, &target).await?),
@@ -104,6 +103,21 @@ pub async fn upload(
         }
     }
     Ok(total)
+}
+
+/// Takes the first [`PART_SIZE`] bytes of `records` as a part once there are that many,
+/// leaving the rest (copied into a fresh buffer, sized for a part) to start the next.
+pub fn cut_part(records: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if records.len() < PART_SIZE {
+        return None;
+    }
+    if records.len() == PART_SIZE {
+        return Some(std::mem::take(records));
+    }
+    let mut next = Vec::with_capacity(PART_SIZE);
+    next.extend_from_slice(&records[PART_SIZE..]);
+    records.truncate(PART_SIZE);
+    Some(std::mem::replace(records, next))
 }
 
 /// An open multipart upload and its parts.
@@ -257,5 +271,28 @@ fn from_put(e: ObjStoreError) -> WorkerError {
             source,
         },
         other => from_store(other, "PutObject"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_cut_at_exactly_part_size_and_the_rest_carried() {
+        let mut short = vec![1u8; PART_SIZE - 1];
+        assert_eq!(cut_part(&mut short), None);
+        assert_eq!(short.len(), PART_SIZE - 1);
+
+        let mut exact = vec![2u8; PART_SIZE];
+        assert_eq!(cut_part(&mut exact).map(|p| p.len()), Some(PART_SIZE));
+        assert!(exact.is_empty());
+
+        let mut over: Vec<u8> = (0..PART_SIZE + 10).map(|i| i as u8).collect();
+        let whole = over.clone();
+        let part = cut_part(&mut over).unwrap();
+        assert_eq!(part[..], whole[..PART_SIZE]);
+        assert_eq!(over[..], whole[PART_SIZE..]);
+        assert!(over.capacity() >= PART_SIZE, "the rest has room for a part");
     }
 }
