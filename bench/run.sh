@@ -187,6 +187,13 @@ coordinator_up() { # name [coordinator flags...]
 # `.bucket-<base64url bucket>.object-…`: drop the results bucket's too, or every run leaves
 # thousands of entries that slow the server's file lookups for both tools.
 RESULTS_B64=$(printf %s "${RESULTS_BUCKET:-}" | base64 | tr '+/' '-_' | tr -d '=')
+# Deleting files is not free here either: on an ext4 mounted without a journal (as this
+# machine's root is), creating a file skips every inode freed in the last 60 s (360 s while
+# its inode table block is dirty; `recently_deleted` in fs/ext4/ialloc.c), scanning past
+# each one. Wiping a tiny run's 6,000 files (records and s3s-fs's two sidecars per object)
+# before the next run made half of the S3 server's CPU inode allocation, for both tools.
+# So tiny runs' results (unique keys per run, a few MB) stay until B3 ends; large runs'
+# (60 files, gigabytes) go after each run.
 wipe_results() {
   rm -rf "$RUN_DIR/s3/$RESULTS_BUCKET"/{fm,celery,bench,mapruns}
   find "$RUN_DIR/s3" -maxdepth 1 -name ".bucket-$RESULTS_B64.object-*" -delete
@@ -223,7 +230,7 @@ if want B3; then
       --results-bucket "$RESULTS_BUCKET" --results-prefix fm --wait -o json > "$OUT/run.json"
     "$PY" "$BENCH/b45.py" fm-line --api "$API" "$1" "$OUT/run.json" \
       "{\"cpu_seconds\": $(minus "$(cpu_of "${FMPIDS[@]}")" "$c0"), \"cpu_by\": $(cpu_by --since "$by0" "${FMGROUPS[@]}"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
-    wipe_results
+    if [ "$1" = B3-large ]; then wipe_results; fi
   }
   celery_run() { # bench prefix
     local c0 l0 line by0
@@ -232,7 +239,7 @@ if want B3; then
     line=$(cd "$BENCH" && "$PY" celery_run.py "$DATA_BUCKET" "$OUT/keys.list" "$RESULTS_BUCKET")
     echo "$line" | sed "s/\"bench\": \"B3\"/\"bench\": \"$1\"/" | "$PY" "$BENCH/b45.py" merge \
       "{\"cpu_seconds\": $(minus "$(cpu_of "${CLPIDS[@]}")" "$c0"), \"cpu_by\": $(cpu_by --since "$by0" "${CLGROUPS[@]}"), \"load\": [$l0, $(load1)]}" >> "$RESULTS"
-    wipe_results
+    if [ "$1" = B3-large ]; then wipe_results; fi
   }
   # Warm-up, not recorded: page cache for both tools' inputs, Celery's pool processes and
   # pyarrow imports, fleetmap's connections.
@@ -258,6 +265,7 @@ if want B3; then
   kill "$CELERY" 2>/dev/null; wait "$CELERY" 2>/dev/null || true
   scale_workers 0
   stop_proc coordinator 30
+  wipe_results
 fi
 
 if want B4; then
