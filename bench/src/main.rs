@@ -21,10 +21,11 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use arrow::array::{Array, StringArray};
 use fleetmap_protocol::{AnomalyCounts, Thresholds};
 use fleetmap_worker::encode::{RecordContext, encode_records};
-use fleetmap_worker::kernel::{Readings, SUMMARY_COLUMNS, SummaryColumns, bits, detect};
+use fleetmap_worker::kernel::{
+    DeviceIds, Readings, SUMMARY_COLUMNS, SummaryColumns, detect, tally_devices,
+};
 use fleetmap_worker::reader::{open_local_parquet, open_local_parquet_columns};
 
 /// 2026-11-27T20:45:00.123Z, fixed so every run writes the same bytes.
@@ -160,42 +161,17 @@ fn b2(out: &str, files: &[String]) -> Res {
 }
 
 /// Adds each anomalous reading to its device's counters: any, temperature, humidity,
-/// battery. Like the worker's `count_devices`, a run of rows of one device (files are
-/// sorted by device) is counted locally and looked up once.
-fn device_counts_by_type(ids: &StringArray, mask: &[u8], into: &mut HashMap<String, [u64; 4]>) {
-    let mut run: Option<(&str, [u64; 4])> = None;
-    for (i, &m) in mask.iter().enumerate() {
-        if m == 0 {
-            continue;
-        }
-        let id = if ids.is_null(i) { "" } else { ids.value(i) };
-        let c = match &mut run {
-            Some((current, c)) if *current == id => c,
-            _ => {
-                if let Some((prev, c)) = run.take() {
-                    flush(into, prev, c);
-                }
-                &mut run.insert((id, [0; 4])).1
-            }
+/// battery, through the worker's [`tally_devices`].
+fn device_counts_by_type(ids: &DeviceIds, mask: &[u8], into: &mut HashMap<String, [u64; 4]>) {
+    tally_devices(ids, mask, |id, c| {
+        let total = match into.get_mut(id) {
+            Some(t) => t,
+            None => into.entry(id.to_owned()).or_default(),
         };
-        c[0] += 1;
-        c[1] += u64::from(m & bits::TEMPERATURE != 0);
-        c[2] += u64::from(m & bits::HUMIDITY != 0);
-        c[3] += u64::from(m & bits::BATTERY != 0);
-    }
-    if let Some((prev, c)) = run {
-        flush(into, prev, c);
-    }
-}
-
-fn flush(into: &mut HashMap<String, [u64; 4]>, id: &str, c: [u64; 4]) {
-    let total = match into.get_mut(id) {
-        Some(t) => t,
-        None => into.entry(id.to_owned()).or_default(),
-    };
-    for (t, n) in total.iter_mut().zip(c) {
-        *t += n;
-    }
+        for (t, n) in total.iter_mut().zip(c) {
+            *t += n;
+        }
+    });
 }
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat`: on a

@@ -36,7 +36,7 @@ use arrow::array::{Array, Float64Array, StringArray};
 use chrono::DateTime;
 use fleetmap_protocol::rules::{Breach, Thresholds};
 
-use crate::kernel::{Readings, breaches};
+use crate::kernel::{DeviceIds, Readings, breaches};
 
 /// What every record of an item shares: the run's start time, formatted once, and the
 /// Map context's `Source`. Taken from the item rather than the clock so a redelivered item
@@ -95,7 +95,7 @@ pub fn encode_records(
 ) {
     let n = r.len().min(mask.len());
     let parts = Parts::new(thresholds, ctx);
-    let ids = Strings::new(&r.deviceid);
+    let ids = Ids::new(&r.deviceid);
     let timestamps = Strings::new(&r.timestamp);
     out.reserve(n * BYTES_PER_RECORD);
     for (i, &m) in mask.iter().enumerate().take(n) {
@@ -232,6 +232,33 @@ impl<'a> Strings<'a> {
             out.push(b'"');
         } else {
             write_str(out, self.column.value(i));
+        }
+    }
+}
+
+/// The device ids, written as [`Strings`] writes a column: a dictionary's distinct ids are
+/// scanned for characters to escape once, not every row's.
+struct Ids<'a> {
+    ids: &'a DeviceIds,
+    plain: bool,
+}
+
+impl<'a> Ids<'a> {
+    fn new(ids: &'a DeviceIds) -> Self {
+        let plain = !ids.values().values().iter().any(|&b| needs_escape(b));
+        Ids { ids, plain }
+    }
+
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>, i: usize) {
+        match (i < self.ids.len()).then(|| self.ids.value(i)).flatten() {
+            None => out.extend_from_slice(b"null"),
+            Some(id) if self.plain => {
+                out.push(b'"');
+                out.extend_from_slice(id.as_bytes());
+                out.push(b'"');
+            }
+            Some(id) => write_str(out, id),
         }
     }
 }

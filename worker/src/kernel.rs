@@ -6,7 +6,8 @@
 //! 1. [`Readings::from_batch`] finds the seven columns by name (case-insensitively, since
 //!    Athena lower-cases names and hand-made files may not) and normalises whatever types the
 //!    writer chose — float32, integers, decimals, dictionary or view strings, Arrow
-//!    timestamps — into `Float64` metrics and `Utf8` strings, once per batch.
+//!    timestamps — into `Float64` metrics and `Utf8` strings, once per batch. Device ids
+//!    stay keys into their dictionary when they come as one ([`DeviceIds`]).
 //! 2. [`detect`] runs the [`Thresholds`] over the plain `f64` slices into a per-row bit mask,
 //!    then clears the bits of null rows using the validity bitmap. No allocation per row.
 //!
@@ -16,9 +17,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, StringArray, StringBuilder,
+};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Int32Type, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::DateTime;
 use fleetmap_protocol::AnomalyCounts;
@@ -87,7 +90,7 @@ pub fn find_column(schema: &Schema, name: &str) -> Option<usize> {
 /// One batch's readings with every column in its canonical type.
 #[derive(Debug, Clone)]
 pub struct Readings {
-    pub deviceid: StringArray,
+    pub deviceid: DeviceIds,
     /// ISO `YYYY-MM-DDTHH:MM:SS` when the source was an Arrow timestamp or date; strings
     /// pass through as written.
     pub timestamp: StringArray,
@@ -120,7 +123,7 @@ impl Readings {
         let metric = |name: &'static str| -> Result<Float64Array, WorkerError> {
             to_f64(col(name)?).map_err(|t| unsupported(name, t))
         };
-        let deviceid = to_utf8(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?;
+        let deviceid = DeviceIds::new(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?;
         let timestamp =
             to_timestamp_utf8(col(TIMESTAMP)?).map_err(|t| unsupported(TIMESTAMP, t))?;
         Ok(Readings {
@@ -148,7 +151,7 @@ impl Readings {
 /// benchmark), so the other four columns need not even be decoded.
 #[derive(Debug, Clone)]
 pub struct SummaryColumns {
-    pub deviceid: StringArray,
+    pub deviceid: DeviceIds,
     pub temperature: Float64Array,
     pub humidity: Float64Array,
     pub batterylevel: Float64Array,
@@ -180,7 +183,7 @@ impl SummaryColumns {
             to_f64(col(name)?).map_err(|t| unsupported(name, t))
         };
         Ok(SummaryColumns {
-            deviceid: to_utf8(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?,
+            deviceid: DeviceIds::new(col(DEVICEID)?).map_err(|t| unsupported(DEVICEID, t))?,
             temperature: metric(TEMPERATURE)?,
             humidity: metric(HUMIDITY)?,
             batterylevel: metric(BATTERYLEVEL)?,
@@ -190,6 +193,184 @@ impl SummaryColumns {
     /// The kernel over these columns: the same mask and counts [`detect`] gives.
     pub fn detect(&self, t: &Thresholds) -> Detection {
         detect_metrics(&self.temperature, &self.humidity, &self.batterylevel, t)
+    }
+}
+
+/// A batch's device ids, as keys into a dictionary of distinct ids when the column came as
+/// one. Parquet writers dictionary-encode a column like this (thousands of devices over
+/// millions of readings) and the reader keeps it so ([`crate::reader`]): then no id is
+/// copied per row, and grouping readings by device counts per key instead of comparing and
+/// hashing strings. Any other string column is used as it is.
+#[derive(Debug, Clone)]
+pub struct DeviceIds {
+    values: StringArray,
+    /// Row `i`'s id is `values[keys[i]]`; without keys it is `values[i]`.
+    keys: Option<Int32Array>,
+}
+
+impl DeviceIds {
+    /// Takes a string-like column (plain, large, view or a dictionary of them). The error
+    /// is the offending type's description.
+    pub fn new(array: &ArrayRef) -> Result<DeviceIds, String> {
+        if let DataType::Dictionary(_, v) = array.data_type()
+            && is_string(v)
+        {
+            // Keys of any integer type fit Int32 for any dictionary a batch can hold; if
+            // not, the plain cast below still gives every row its id.
+            let keyed = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+            if let Ok(cast) = cast(array, &keyed)
+                && let Some(dict) = cast.as_dictionary_opt::<Int32Type>()
+                && let Some(values) = dict.values().as_string_opt::<i32>()
+            {
+                return Ok(DeviceIds {
+                    values: values.clone(),
+                    keys: Some(dict.keys().clone()),
+                });
+            }
+        }
+        Ok(DeviceIds {
+            values: to_utf8(array)?,
+            keys: None,
+        })
+    }
+
+    /// Plain ids, one per row.
+    pub fn from_strings(values: StringArray) -> DeviceIds {
+        DeviceIds { values, keys: None }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(self.values.len(), Array::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `i`'s id; `None` when it is null.
+    #[inline]
+    pub fn value(&self, i: usize) -> Option<&str> {
+        let k = match &self.keys {
+            Some(keys) if keys.is_null(i) => return None,
+            Some(keys) => keys.value(i) as usize,
+            None => i,
+        };
+        (!self.values.is_null(k)).then(|| self.values.value(k))
+    }
+
+    /// Every distinct id (with keys) or every row's (without): what an encoder scans once
+    /// to learn whether any id needs escaping.
+    pub fn values(&self) -> &StringArray {
+        &self.values
+    }
+
+    /// Whether the ids are keys into a dictionary.
+    pub fn is_dictionary(&self) -> bool {
+        self.keys.is_some()
+    }
+}
+
+/// One device's anomalous readings in a batch: with any breach, with a temperature, a
+/// humidity and a battery breach.
+pub type DeviceTally = [u64; 4];
+
+#[inline]
+fn tally(c: &mut DeviceTally, m: u8) {
+    c[0] += 1;
+    c[1] += u64::from(m & bits::TEMPERATURE != 0);
+    c[2] += u64::from(m & bits::HUMIDITY != 0);
+    c[3] += u64::from(m & bits::BATTERY != 0);
+}
+
+/// Counts each device's anomalous readings (rows whose `mask` byte is not 0) and hands every
+/// device with any to `emit`, a null id as `""` so the per-device numbers add up to the
+/// batch's. A device may be emitted more than once per batch (a dictionary holding an id
+/// twice, or unsorted plain ids), so `emit` adds.
+///
+/// Dictionary ids are counted per key, in one array the dictionary's size; when the
+/// dictionary is larger than the batch, or the ids are plain, a run of rows of one device
+/// (files are usually sorted by device) is counted locally and emitted once.
+pub fn tally_devices(ids: &DeviceIds, mask: &[u8], mut emit: impl FnMut(&str, &DeviceTally)) {
+    let n = ids.len().min(mask.len());
+    let mask = &mask[..n];
+    let id_of = |k: usize| {
+        if ids.values.is_null(k) {
+            ""
+        } else {
+            ids.values.value(k)
+        }
+    };
+    match &ids.keys {
+        Some(keys) if ids.values.len() <= n => {
+            let dict = ids.values.len();
+            // The last slot counts null keys.
+            let mut counts = vec![[0u64; 4]; dict + 1];
+            let raw = &keys.values()[..n];
+            match keys.nulls().filter(|nulls| nulls.null_count() > 0) {
+                None => {
+                    for (&k, &m) in raw.iter().zip(mask) {
+                        if m != 0 {
+                            tally(&mut counts[k as usize], m);
+                        }
+                    }
+                }
+                Some(nulls) => {
+                    for (i, (&k, &m)) in raw.iter().zip(mask).enumerate() {
+                        if m != 0 {
+                            let slot = if nulls.is_valid(i) { k as usize } else { dict };
+                            tally(&mut counts[slot], m);
+                        }
+                    }
+                }
+            }
+            for (k, c) in counts.iter().enumerate() {
+                if c[0] > 0 {
+                    emit(if k == dict { "" } else { id_of(k) }, c);
+                }
+            }
+        }
+        Some(keys) => {
+            let mut run: Option<(Option<i32>, DeviceTally)> = None;
+            for (i, &m) in mask.iter().enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let k = keys.is_valid(i).then(|| keys.value(i));
+                match &mut run {
+                    Some((current, c)) if *current == k => tally(c, m),
+                    _ => {
+                        if let Some((prev, c)) = run.take() {
+                            emit(prev.map_or("", |p| id_of(p as usize)), &c);
+                        }
+                        tally(&mut run.insert((k, [0; 4])).1, m);
+                    }
+                }
+            }
+            if let Some((prev, c)) = run {
+                emit(prev.map_or("", |p| id_of(p as usize)), &c);
+            }
+        }
+        None => {
+            let mut run: Option<(&str, DeviceTally)> = None;
+            for (i, &m) in mask.iter().enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let id = id_of(i);
+                match &mut run {
+                    Some((current, c)) if *current == id => tally(c, m),
+                    _ => {
+                        if let Some((prev, c)) = run.take() {
+                            emit(prev, &c);
+                        }
+                        tally(&mut run.insert((id, [0; 4])).1, m);
+                    }
+                }
+            }
+            if let Some((prev, c)) = run {
+                emit(prev, &c);
+            }
+        }
     }
 }
 
@@ -390,39 +571,15 @@ fn clear_nulls(mask: &mut [u8], column: &Float64Array, column_bits: u8) {
 }
 
 /// Adds each device's anomalous readings to `into`. A null device id counts under `""`
-/// so that the per-device numbers still add up to the batch's count.
-///
-/// Files are usually sorted by device, so a run of rows of one device is counted locally
-/// and added to the map once, rather than looking the id up for every anomalous row.
+/// so that the per-device numbers still add up to the batch's count (see
+/// [`tally_devices`]).
 pub fn count_devices(r: &Readings, mask: &[u8], into: &mut BTreeMap<String, u64>) {
-    let ids = &r.deviceid;
-    let mut run: Option<(&str, u64)> = None;
-    for (i, &m) in mask.iter().enumerate().take(ids.len()) {
-        if m == 0 {
-            continue;
-        }
-        let id = if ids.is_null(i) { "" } else { ids.value(i) };
-        match &mut run {
-            Some((current, n)) if *current == id => *n += 1,
-            _ => {
-                if let Some((prev, n)) = run.replace((id, 1)) {
-                    add_device(into, prev, n);
-                }
-            }
-        }
-    }
-    if let Some((prev, n)) = run {
-        add_device(into, prev, n);
-    }
-}
-
-fn add_device(into: &mut BTreeMap<String, u64>, id: &str, n: u64) {
-    match into.get_mut(id) {
-        Some(total) => *total += n,
+    tally_devices(&r.deviceid, mask, |id, c| match into.get_mut(id) {
+        Some(total) => *total += c[0],
         None => {
-            into.insert(id.to_owned(), n);
+            into.insert(id.to_owned(), c[0]);
         }
-    }
+    });
 }
 
 #[cfg(test)]

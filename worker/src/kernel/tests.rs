@@ -154,7 +154,7 @@ fn float32_int_and_dictionary_inputs_match_float64_plain() {
         (LONGITUDE, Arc::new(Float32Array::from(vec![-122.5; 3]))),
     ]);
     let r = Readings::from_batch(&batch, "data", "k").unwrap();
-    assert_eq!(r.deviceid.value(1), "sensor-001");
+    assert_eq!(r.deviceid.value(1), Some("sensor-001"));
     assert_eq!(r.timestamp.value(2), "c");
     assert_eq!(detect(&r, &Thresholds::default()), expected);
 }
@@ -259,5 +259,104 @@ fn custom_thresholds_are_used() {
     assert_eq!(
         detect(&r, &t).mask,
         vec![bits::TEMPERATURE_HIGH | bits::BATTERY_LOW]
+    );
+}
+
+/// Every way [`tally_devices`] can count (per dictionary key, by runs of keys when the
+/// dictionary outgrows the batch, by runs of plain strings) gives the same per-device
+/// totals, nulls under `""`.
+#[test]
+fn tally_devices_agrees_for_dictionary_and_plain_ids() {
+    let rows: Vec<Option<&str>> = vec![
+        Some("b"),
+        Some("a"),
+        None,
+        Some("b"),
+        Some("b"),
+        Some("a\"q"),
+        None,
+        Some("a"),
+    ];
+    let mask = [
+        bits::TEMPERATURE_HIGH,
+        bits::BATTERY_LOW,
+        bits::HUMIDITY_LOW,
+        0,
+        bits::TEMPERATURE_LOW | bits::HUMIDITY_HIGH,
+        bits::BATTERY_LOW,
+        bits::BATTERY_LOW,
+        0,
+    ];
+    let mut want = BTreeMap::new();
+    want.insert("".to_owned(), [2, 0, 1, 1]);
+    want.insert("a".to_owned(), [1, 0, 0, 1]);
+    want.insert("a\"q".to_owned(), [1, 0, 0, 1]);
+    want.insert("b".to_owned(), [2, 2, 1, 0]);
+    let totals = |ids: &DeviceIds| {
+        let mut got: BTreeMap<String, DeviceTally> = BTreeMap::new();
+        tally_devices(ids, &mask, |id, c| {
+            let t = got.entry(id.to_owned()).or_default();
+            for (t, n) in t.iter_mut().zip(c) {
+                *t += n;
+            }
+        });
+        got
+    };
+
+    let plain: ArrayRef = Arc::new(StringArray::from(rows.clone()));
+    let ids = DeviceIds::new(&plain).unwrap();
+    assert!(!ids.is_dictionary());
+    assert_eq!(totals(&ids), want);
+
+    let dict: ArrayRef = Arc::new(rows.iter().copied().collect::<DictionaryArray<Int32Type>>());
+    let ids = DeviceIds::new(&dict).unwrap();
+    assert!(ids.is_dictionary());
+    assert_eq!(ids.values().len(), 3);
+    assert_eq!(totals(&ids), want);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(ids.value(i), *r);
+    }
+
+    // A dictionary larger than the batch (as a row group's dictionary is for a short last
+    // batch) is counted by runs, with other key types normalised to Int32.
+    let mut big: Vec<Option<String>> = (0..20).map(|i| Some(format!("x{i}"))).collect();
+    big.extend(rows.iter().map(|r| r.map(str::to_owned)));
+    let keys = arrow::array::UInt16Array::from(
+        (20..28)
+            .map(|k| (rows[k - 20].is_some()).then_some(k as u16))
+            .collect::<Vec<_>>(),
+    );
+    let values = StringArray::from(big);
+    let dict: ArrayRef = Arc::new(
+        DictionaryArray::<arrow::datatypes::UInt16Type>::try_new(keys, Arc::new(values)).unwrap(),
+    );
+    let ids = DeviceIds::new(&dict).unwrap();
+    assert!(ids.is_dictionary() && ids.values().len() > ids.len());
+    assert_eq!(totals(&ids), want);
+}
+
+#[test]
+fn count_devices_reads_dictionary_ids() {
+    let ids = DictionaryArray::<Int32Type>::from_iter(["s-1", "s-2", "s-1"]);
+    let batch = batch_of(vec![
+        (DEVICEID, Arc::new(ids)),
+        (TIMESTAMP, Arc::new(StringArray::from(vec!["a", "b", "c"]))),
+        (
+            TEMPERATURE,
+            Arc::new(Float64Array::from(vec![40.0, 40.0, 40.0])),
+        ),
+        (HUMIDITY, Arc::new(Float64Array::from(vec![50.0; 3]))),
+        (BATTERYLEVEL, Arc::new(Float64Array::from(vec![50.0; 3]))),
+        (LATITUDE, Arc::new(Float64Array::from(vec![1.0; 3]))),
+        (LONGITUDE, Arc::new(Float64Array::from(vec![1.0; 3]))),
+    ]);
+    let r = Readings::from_batch(&batch, "data", "k").unwrap();
+    assert!(r.deviceid.is_dictionary());
+    let d = detect(&r, &Thresholds::default());
+    let mut devices = BTreeMap::new();
+    count_devices(&r, &d.mask, &mut devices);
+    assert_eq!(
+        devices,
+        BTreeMap::from([("s-1".to_owned(), 2), ("s-2".to_owned(), 1)])
     );
 }
