@@ -23,6 +23,8 @@ use tokio_util::task::TaskTracker;
 use crate::{ObjStoreError, S3Config};
 
 mod multipart;
+mod put;
+mod store;
 
 /// The fixed access key the loopback server accepts.
 pub const LOCAL_ACCESS_KEY_ID: &str = "fleetmap-local";
@@ -211,7 +213,7 @@ struct AsS3 {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
     /// UploadPart, CompleteMultipartUpload and the parts ListParts adds: a fraction of
-    /// s3s-fs's CPU.
+    /// s3s-fs's CPU. PutObject is [`put`]'s, for the same reason.
     multipart: multipart::Multipart,
 }
 
@@ -244,7 +246,6 @@ forward_to_s3s_fs! {
     list_buckets(ListBucketsInput) -> ListBucketsOutput;
     list_objects(ListObjectsInput) -> ListObjectsOutput;
     list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
-    put_object(PutObjectInput) -> PutObjectOutput;
     upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
     => {
     /// A suffix range (`bytes=-N`) longer than the object: S3 returns the whole object,
@@ -266,6 +267,16 @@ forward_to_s3s_fs! {
             req.input.range = Some(dto::Range::Suffix { length: meta.len() });
         }
         self.inner.get_object(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        if req.input.key.ends_with('/') {
+            return self.inner.put_object(req).await;
+        }
+        put::put_object(&self.root, req).await
     }
 
     async fn upload_part(

@@ -29,34 +29,29 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use s3s::auth::Credentials;
-use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::{self, ETag};
 use s3s::stream::ByteStream as _;
-use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
-use tokio::task::JoinHandle;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
 use uuid::Uuid;
+
+use super::store::{
+    Sink, TmpFile, blocking, check, check_preconditions, hasher_for, hex, info_path, internal,
+    md5_of, metadata_path, object_path, read_trailers, receive, remove_if_present, tmp_path,
+    write_file,
+};
 
 /// S3's limits on part numbers.
 const PART_NUMBERS: std::ops::RangeInclusive<i32> = 1..=10_000;
 
 /// Every part but the last must be at least this long (S3's rule).
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-
-/// Bytes of a part gathered before they are hashed and written in one blocking task: large
-/// enough that the hops to the blocking pool cost nothing next to the work, small enough
-/// that a part never sits in memory whole.
-const WRITE_CHUNK: usize = 1024 * 1024;
 
 /// The furthest an assembly reaches: S3's largest object (5 TiB), well inside ext4's 16 TiB
 /// file limit. A part that would end beyond it is a part file.
@@ -120,7 +115,6 @@ pub(super) struct Multipart {
     /// The assemblies of the uploads seen since the server started (loaded from their index
     /// when first needed).
     assemblies: Mutex<HashMap<Uuid, Shared<Assembly>>>,
-    tmp_counter: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -136,7 +130,6 @@ impl Multipart {
             root,
             digests: Mutex::default(),
             assemblies: Mutex::default(),
-            tmp_counter: AtomicU64::new(0),
         }
     }
 
@@ -196,11 +189,7 @@ impl Multipart {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root.join(format!(
-            ".tmp.fleetmap-{}-{n}.internal.part",
-            std::process::id()
-        ))
+        tmp_path(&self.root)
     }
 
     fn part_path(&self, id: Uuid, part: i32) -> PathBuf {
@@ -419,11 +408,7 @@ impl Multipart {
             object,
             upload_meta: metadata_path(&self.root, &bucket, &key, Some(id)),
             object_meta: metadata_path(&self.root, &bucket, &key, None),
-            info: self.root.join(format!(
-                ".bucket-{}.object-{}.internal.json",
-                b64(&bucket),
-                b64(&key)
-            )),
+            info: info_path(&self.root, &bucket, &key),
             upload: self.upload_path(id),
         };
         let e_tag = blocking("completing the upload", move || assemble(&plan, &files)).await?;
@@ -477,7 +462,12 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
         let name = f.bucket.file_name().unwrap_or_default().to_string_lossy();
         return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
     }
-    check_preconditions(f)?;
+    check_preconditions(
+        &f.object,
+        &f.info,
+        f.if_match.as_ref(),
+        f.if_none_match.as_ref(),
+    )?;
     let a = lock(&f.assembly);
     let (stride, held) = (a.stride, &a.parts);
     let count = parts.len();
@@ -562,11 +552,8 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => remove_if_present(&f.object_meta)?,
         Err(e) => return Err(internal(&f.upload_meta, e)),
     }
-    let (info, mut file) = TmpFile::create(f.info_tmp.clone())?;
     let body = serde_json::json!({ "e_tag": e_tag }).to_string();
-    file.write_all(body.as_bytes())
-        .map_err(|e| internal(&f.info_tmp, e))?;
-    info.persist_blocking(&f.info)?;
+    write_file(f.info_tmp.clone(), &f.info, body.as_bytes())?;
 
     for part in parts {
         if !held.contains_key(&part.number) {
@@ -577,42 +564,6 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
     remove_if_present(&f.index)?;
     remove_if_present(&f.upload)?;
     Ok(e_tag)
-}
-
-/// If-None-Match: `*` fails when the object exists; If-Match when it does not, or when its
-/// ETag is not the one named.
-fn check_preconditions(f: &Completion) -> S3Result<()> {
-    let exists = f.object.is_file();
-    if f.if_none_match
-        .as_ref()
-        .is_some_and(dto::ETagCondition::is_any)
-        && exists
-    {
-        return Err(s3_error!(PreconditionFailed, "Object already exists"));
-    }
-    let Some(condition) = &f.if_match else {
-        return Ok(());
-    };
-    if !exists {
-        return Err(s3_error!(PreconditionFailed, "Object does not exist"));
-    }
-    if let Some(expected) = condition.as_etag() {
-        let recorded = std::fs::read(&f.info)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("e_tag")?.as_str().map(str::to_owned));
-        let current = match recorded {
-            Some(e_tag) => e_tag,
-            None => {
-                let mut file = File::open(&f.object).map_err(|e| internal(&f.object, e))?;
-                hex(&md5_of(&mut file).map_err(|e| internal(&f.object, e))?)
-            }
-        };
-        if !ETag::Strong(current).strong_cmp(expected) {
-            return Err(s3_error!(PreconditionFailed, "ETag does not match"));
-        }
-    }
-    Ok(())
 }
 
 /// Opens a part held in a file of its own (the completion's last part, or not); returns it
@@ -716,293 +667,7 @@ fn load_index(path: &Path) -> S3Result<Assembly> {
 /// Rewrites the index; the caller holds the assembly's lock, so saves never cross.
 fn save_index(a: &Assembly, path: &Path, tmp: PathBuf) -> S3Result<()> {
     let body = serde_json::to_vec(a).map_err(|e| s3_error!(InternalError, "{e}"))?;
-    let (t, mut file) = TmpFile::create(tmp)?;
-    file.write_all(&body).map_err(|e| internal(&t.path, e))?;
-    t.persist_blocking(path)
-}
-
-/// What a part's bytes go through while they arrive.
-struct Sink {
-    file: File,
-    /// Where in the file the part starts, when it is written in place.
-    at: Option<u64>,
-    md5: Md5,
-    checksum: ChecksumHasher,
-    len: u64,
-}
-
-impl Sink {
-    fn absorb(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.md5.update(bytes);
-        self.checksum.update(bytes);
-        match self.at {
-            Some(at) => self.file.write_all_at(bytes, at + self.len)?,
-            None => self.file.write_all(bytes)?,
-        }
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-}
-
-/// Where the sink is: free, or on the blocking pool with a batch of chunks.
-enum Stage {
-    Idle(Box<Sink>),
-    Busy(JoinHandle<io::Result<Box<Sink>>>),
-}
-
-impl Stage {
-    /// Waits for the batch in flight, if any.
-    async fn settle(self) -> S3Result<Box<Sink>> {
-        match self {
-            Stage::Idle(sink) => Ok(sink),
-            Stage::Busy(task) => task
-                .await
-                .map_err(|e| s3_error!(InternalError, "writing a part: {e}"))?
-                .map_err(|e| s3_error!(InternalError, "writing a part: {e}")),
-        }
-    }
-}
-
-/// Streams `body` into the sink, about [`WRITE_CHUNK`] bytes per blocking task, one task at
-/// a time, the next batch arriving while the last is hashed and written. The chunks are
-/// handed over as received, not copied together.
-async fn receive(mut body: dto::StreamingBlob, sink: Sink) -> S3Result<Sink> {
-    let mut stage = Stage::Idle(Box::new(sink));
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut batched = 0;
-    loop {
-        let ended = match body.next().await {
-            Some(Ok(bytes)) => {
-                batched += bytes.len();
-                batch.push(bytes);
-                false
-            }
-            Some(Err(e)) => {
-                return Err(s3_error!(IncompleteBody, "the part's body broke off: {e}"));
-            }
-            None => true,
-        };
-        if batched >= WRITE_CHUNK || (ended && batched > 0) {
-            let mut sink = stage.settle().await?;
-            let full = std::mem::take(&mut batch);
-            batched = 0;
-            stage = Stage::Busy(tokio::task::spawn_blocking(move || {
-                for bytes in &full {
-                    sink.absorb(bytes)?;
-                }
-                Ok(sink)
-            }));
-        }
-        if ended {
-            return Ok(*stage.settle().await?);
-        }
-    }
-}
-
-/// A file being written under a temporary name, removed unless it is moved into place.
-struct TmpFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TmpFile {
-    /// Blocking.
-    fn create(path: PathBuf) -> S3Result<(TmpFile, File)> {
-        let file = File::create(&path).map_err(|e| internal(&path, e))?;
-        Ok((TmpFile { path, keep: false }, file))
-    }
-
-    fn persist_blocking(mut self, dest: &Path) -> S3Result<()> {
-        std::fs::rename(&self.path, dest).map_err(|e| internal(dest, e))?;
-        self.keep = true;
-        Ok(())
-    }
-
-    /// Moves the file to `dest`; returns its length and mtime there.
-    async fn persist(self, dest: PathBuf) -> S3Result<(u64, SystemTime)> {
-        blocking("storing a part", move || {
-            self.persist_blocking(&dest)?;
-            let meta = std::fs::metadata(&dest).map_err(|e| internal(&dest, e))?;
-            let modified = meta.modified().map_err(|e| internal(&dest, e))?;
-            Ok((meta.len(), modified))
-        })
-        .await
-    }
-}
-
-impl Drop for TmpFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A hasher for every checksum the request names, by value or by algorithm.
-fn hasher_for(
-    expected: &dto::Checksum,
-    algorithm: Option<&dto::ChecksumAlgorithm>,
-) -> S3Result<ChecksumHasher> {
-    let mut h = ChecksumHasher::default();
-    let wants = |name: &str| algorithm.is_some_and(|a| a.as_str().eq_ignore_ascii_case(name));
-    if expected.checksum_crc32.is_some() || wants(dto::ChecksumAlgorithm::CRC32) {
-        h.crc32 = Some(Default::default());
-    }
-    if expected.checksum_crc32c.is_some() || wants(dto::ChecksumAlgorithm::CRC32C) {
-        h.crc32c = Some(Default::default());
-    }
-    if expected.checksum_crc64nvme.is_some() || wants(dto::ChecksumAlgorithm::CRC64NVME) {
-        h.crc64nvme = Some(Default::default());
-    }
-    if expected.checksum_sha1.is_some() || wants(dto::ChecksumAlgorithm::SHA1) {
-        h.sha1 = Some(Default::default());
-    }
-    if expected.checksum_sha256.is_some() || wants(dto::ChecksumAlgorithm::SHA256) {
-        h.sha256 = Some(Default::default());
-    }
-    if let Some(a) = algorithm {
-        let known = [
-            dto::ChecksumAlgorithm::CRC32,
-            dto::ChecksumAlgorithm::CRC32C,
-            dto::ChecksumAlgorithm::CRC64NVME,
-            dto::ChecksumAlgorithm::SHA1,
-            dto::ChecksumAlgorithm::SHA256,
-        ];
-        if !known.iter().any(|k| a.as_str().eq_ignore_ascii_case(k)) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "unsupported checksum algorithm {}",
-                a.as_str()
-            ));
-        }
-    }
-    Ok(h)
-}
-
-/// Checksums sent after the body (`aws-chunked` with a trailer) are what the part must match.
-fn read_trailers(trailers: &hyper::HeaderMap, expected: &mut dto::Checksum) -> S3Result<()> {
-    let value = |name: &str| -> S3Result<Option<String>> {
-        trailers
-            .get(name)
-            .map(|v| {
-                v.to_str()
-                    .map(str::to_owned)
-                    .map_err(|_| s3_error!(InvalidArgument, "trailer {name} is not text"))
-            })
-            .transpose()
-    };
-    for (name, slot) in [
-        ("x-amz-checksum-crc32", &mut expected.checksum_crc32),
-        ("x-amz-checksum-crc32c", &mut expected.checksum_crc32c),
-        ("x-amz-checksum-crc64nvme", &mut expected.checksum_crc64nvme),
-        ("x-amz-checksum-sha1", &mut expected.checksum_sha1),
-        ("x-amz-checksum-sha256", &mut expected.checksum_sha256),
-    ] {
-        if let Some(v) = value(name)? {
-            *slot = Some(v);
-        }
-    }
-    Ok(())
-}
-
-/// Every checksum the client sent must match the bytes received.
-fn check(expected: &dto::Checksum, actual: &dto::Checksum) -> S3Result<()> {
-    for (name, want, got) in [
-        ("CRC32", &expected.checksum_crc32, &actual.checksum_crc32),
-        ("CRC32C", &expected.checksum_crc32c, &actual.checksum_crc32c),
-        (
-            "CRC64NVME",
-            &expected.checksum_crc64nvme,
-            &actual.checksum_crc64nvme,
-        ),
-        ("SHA1", &expected.checksum_sha1, &actual.checksum_sha1),
-        ("SHA256", &expected.checksum_sha256, &actual.checksum_sha256),
-    ] {
-        if let Some(want) = want
-            && got.as_ref() != Some(want)
-        {
-            return Err(s3_error!(
-                BadDigest,
-                "the part's {name} checksum is {}, the request said {want}",
-                got.as_deref().unwrap_or("not computed")
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `<root>/<bucket>/<key>`, refusing a bucket or key that would leave the bucket's folder.
-fn object_path(root: &Path, bucket: &str, key: &str) -> S3Result<PathBuf> {
-    let normal = |p: &str| {
-        Path::new(p)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    };
-    if bucket.is_empty() || bucket.contains('/') || !normal(bucket) {
-        return Err(s3_error!(InvalidBucketName, "bucket {bucket:?}"));
-    }
-    if key.is_empty() || key.ends_with('/') || !normal(key) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "key {key:?} cannot be stored by this server (empty, a folder, or leaving the bucket)"
-        ));
-    }
-    Ok(root.join(bucket).join(key))
-}
-
-fn metadata_path(root: &Path, bucket: &str, key: &str, upload: Option<Uuid>) -> PathBuf {
-    let upload = upload.map(|u| format!(".upload-{u}")).unwrap_or_default();
-    root.join(format!(
-        ".bucket-{}.object-{}{upload}.metadata.json",
-        b64(bucket),
-        b64(key)
-    ))
-}
-
-fn b64(s: &str) -> String {
-    base64_simd::URL_SAFE_NO_PAD.encode_to_string(s)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn md5_of(file: &mut File) -> io::Result<[u8; 16]> {
-    let mut md5 = Md5::new();
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(md5.finalize());
-        }
-        md5.update(&buf[..n]);
-    }
-}
-
-/// Runs `f` on the blocking pool; a task that panicked is an internal error while `what`.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> S3Result<T> + Send + 'static,
-) -> S3Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| s3_error!(InternalError, "{what}: {e}"))?
-}
-
-fn remove_if_present(path: &Path) -> S3Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(internal(path, e)),
-    }
-}
-
-fn internal(path: &Path, e: io::Error) -> S3Error {
-    s3_error!(InternalError, "{}: {e}", path.display())
+    write_file(tmp, path, &body)
 }
 
 #[cfg(test)]

@@ -1,0 +1,276 @@
+//! PutObject against the loopback server (its own, over s3s-fs's files), through
+//! aws-sdk-s3: what a worker's result write and a coordinator's checkpoint rely on, and
+//! what s3s-fs's reads must still find.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
+use bytes::Bytes;
+use fleetmap_objstore::ensure_bucket;
+use fleetmap_objstore::local::LocalS3;
+use s3s::crypto::{Checksum, Md5};
+
+const BUCKET: &str = "fleet-put";
+
+async fn server_with_bucket() -> (LocalS3, Client) {
+    let server = LocalS3::start().await.expect("local S3 starts");
+    let client = server.client().await;
+    ensure_bucket(&client, BUCKET).await.expect("bucket");
+    (server, client)
+}
+
+fn body(len: usize) -> Bytes {
+    (0..len).map(|i| (i as u8).wrapping_mul(7)).collect()
+}
+
+fn etag_of(data: &[u8]) -> String {
+    let mut md5 = Md5::new();
+    md5.update(data);
+    let hex: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+async fn get(c: &Client, key: &str) -> aws_sdk_s3::operation::get_object::GetObjectOutput {
+    c.get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .expect("get")
+}
+
+/// Sidecar files s3s-fs keeps for `key` in the server's root folder.
+fn sidecars(server: &LocalS3, key: &str) -> Vec<String> {
+    let b64 = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+    let prefix = format!(".bucket-{}.object-{}.", b64(BUCKET), b64(key));
+    let mut found: Vec<String> = std::fs::read_dir(server.root())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Small bodies (one blocking task) and bodies past the in-memory limit (streamed) store
+/// the same way: the bytes, the MD5 ETag, the checksum the SDK sent, and the attributes.
+#[tokio::test]
+async fn small_and_streamed_bodies_round_trip_with_etag_checksum_and_attributes() {
+    let (server, c) = server_with_bucket().await;
+    for (key, len) in [
+        ("r/small.json", 3_000),
+        ("r/large.json", 3 * 1024 * 1024 + 17),
+    ] {
+        let data = body(len);
+        let put = c
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .content_type("application/x-ndjson")
+            .metadata("run", "r-1")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.e_tag(), Some(etag_of(&data).as_str()), "{key}");
+        let sent_crc = put.checksum_crc32().expect("crc32 echoed").to_owned();
+
+        let got = get(&c, key).await;
+        assert_eq!(got.e_tag(), Some(etag_of(&data).as_str()), "{key}");
+        assert_eq!(got.content_type(), Some("application/x-ndjson"));
+        assert_eq!(
+            got.metadata()
+                .and_then(|m| m.get("run"))
+                .map(String::as_str),
+            Some("r-1")
+        );
+        assert_eq!(got.checksum_crc32(), Some(sent_crc.as_str()), "{key}");
+        let bytes = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(bytes, data, "{key}");
+        assert_eq!(sidecars(&server, key), ["internal.json", "metadata.json"]);
+    }
+    // No temporary file is left behind.
+    let tmp: Vec<_> = std::fs::read_dir(server.root())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp."))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+/// PUTs `body` with no header but the presigned URL's: no Content-Type, no checksum.
+async fn bare_put(c: &Client, key: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let presigned = c
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(
+                60,
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let url = presigned
+        .uri()
+        .strip_prefix("http://")
+        .expect("loopback is http");
+    let (host, path) = url.split_at(url.find('/').unwrap());
+    let mut request = format!("PUT {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in presigned.headers() {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// An object stored without attributes gets no attributes file, and none of an older
+/// object's attributes survive it.
+#[tokio::test]
+async fn an_object_without_attributes_has_no_attributes_file() {
+    let (server, c) = server_with_bucket().await;
+    c.put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .content_type("text/csv")
+        .metadata("run", "r-1")
+        .body(ByteStream::from_static(b"a,b\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sidecars(&server, "k"), ["internal.json", "metadata.json"]);
+    let answer = bare_put(&c, "k", b"plain").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(sidecars(&server, "k"), ["internal.json"]);
+    let head = c
+        .head_object()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(5));
+    assert_eq!(head.content_type(), None);
+    assert!(
+        head.metadata().is_none_or(|m| m.is_empty()),
+        "{:?}",
+        head.metadata()
+    );
+    assert_eq!(head.e_tag(), Some(etag_of(b"plain").as_str()));
+}
+
+/// A checksum or Content-MD5 that does not match fails the PUT and leaves the object as
+/// it was.
+#[tokio::test]
+async fn a_mismatched_checksum_or_md5_is_bad_digest_and_changes_nothing() {
+    let (server, c) = server_with_bucket().await;
+    c.put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .body(ByteStream::from_static(b"first"))
+        .send()
+        .await
+        .unwrap();
+    let wrong_crc = c
+        .put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .checksum_crc32("AAAAAA==")
+        .body(ByteStream::from_static(b"second"))
+        .send()
+        .await
+        .expect_err("a wrong CRC32 is refused");
+    let code = wrong_crc.as_service_error().and_then(|e| e.meta().code());
+    assert_eq!(code, Some("BadDigest"), "{wrong_crc:?}");
+    let wrong_md5 = c
+        .put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .content_md5("1B2M2Y8AsgTpgAmY7PhCfg==") // MD5 of nothing
+        .body(ByteStream::from_static(b"second"))
+        .send()
+        .await
+        .expect_err("a wrong Content-MD5 is refused");
+    let code = wrong_md5.as_service_error().and_then(|e| e.meta().code());
+    assert_eq!(code, Some("BadDigest"), "{wrong_md5:?}");
+    let got = get(&c, "k")
+        .await
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(got.as_ref(), b"first");
+    assert!(
+        std::fs::read_dir(server.root())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .all(|n| !n.starts_with(".tmp.")),
+        "a refused body's temporary file is removed"
+    );
+}
+
+/// If-None-Match: * creates only; If-Match replaces only the named version.
+#[tokio::test]
+async fn conditional_puts_follow_s3() {
+    let (_server, c) = server_with_bucket().await;
+    let put = |body: &'static [u8]| {
+        c.put_object()
+            .bucket(BUCKET)
+            .key("ckpt")
+            .body(ByteStream::from_static(body))
+    };
+    put(b"v1").if_none_match("*").send().await.expect("creates");
+    let again = put(b"v2")
+        .if_none_match("*")
+        .send()
+        .await
+        .expect_err("exists");
+    assert_eq!(again.raw_response().map(|r| r.status().as_u16()), Some(412));
+    let stale = put(b"v2")
+        .if_match(etag_of(b"v0"))
+        .send()
+        .await
+        .expect_err("not the current version");
+    assert_eq!(stale.raw_response().map(|r| r.status().as_u16()), Some(412));
+    put(b"v2")
+        .if_match(etag_of(b"v1"))
+        .send()
+        .await
+        .expect("the current version is replaced");
+    let got = get(&c, "ckpt")
+        .await
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(got.as_ref(), b"v2");
+}
+
+#[tokio::test]
+async fn a_put_to_a_missing_bucket_is_no_such_bucket() {
+    let (_server, c) = server_with_bucket().await;
+    let e = c
+        .put_object()
+        .bucket("no-such-bucket")
+        .key("k")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect_err("no bucket");
+    let code = e.as_service_error().and_then(|e| e.meta().code());
+    assert_eq!(code, Some("NoSuchBucket"), "{e:?}");
+}
