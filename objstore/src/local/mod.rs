@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{ObjStoreError, S3Config};
 
+mod get;
 mod multipart;
 mod put;
 mod store;
@@ -213,7 +214,7 @@ struct AsS3 {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
     /// UploadPart, CompleteMultipartUpload and the parts ListParts adds: a fraction of
-    /// s3s-fs's CPU. PutObject is [`put`]'s, for the same reason.
+    /// s3s-fs's CPU. PutObject and GetObject are [`put`]'s and [`get`]'s, for the same reason.
     multipart: multipart::Multipart,
 }
 
@@ -248,25 +249,14 @@ forward_to_s3s_fs! {
     list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
     upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
     => {
-    /// A suffix range (`bytes=-N`) longer than the object: S3 returns the whole object,
-    /// s3s-fs seeks before the start of the file and answers 500. On an empty object S3
-    /// answers 416.
     async fn get_object(
         &self,
-        mut req: S3Request<dto::GetObjectInput>,
+        req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
-        if let Some(dto::Range::Suffix { length }) = req.input.range
-            && let Ok(meta) =
-                tokio::fs::metadata(self.root.join(&req.input.bucket).join(&req.input.key)).await
-            && meta.is_file()
-            && meta.len() < length
-        {
-            if meta.len() == 0 {
-                return Err(s3s::s3_error!(InvalidRange));
-            }
-            req.input.range = Some(dto::Range::Suffix { length: meta.len() });
+        if req.input.key.ends_with('/') {
+            return self.inner.get_object(req).await;
         }
-        self.inner.get_object(req).await
+        get::get_object(&self.root, req).await
     }
 
     async fn put_object(

@@ -28,46 +28,10 @@ use s3s::dto::{self, ETag};
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::store::{
-    Sink, TmpFile, WRITE_CHUNK, blocking, check, check_preconditions, hasher_for, hex, info_path,
-    internal, metadata_path, object_path, read_trailers, receive, remove_if_present, tmp_path,
-    write_file,
+    Attributes, Sink, TmpFile, WRITE_CHUNK, blocking, check, check_preconditions, hasher_for, hex,
+    info_path, internal, metadata_path, object_path, read_trailers, receive, remove_if_present,
+    tmp_path, write_file,
 };
-
-/// An object's attributes as s3s-fs stores them (its `ObjectAttributes`, same fields and
-/// names), in `.bucket-….object-….metadata.json`.
-#[derive(Default, serde::Serialize)]
-struct Attributes {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_metadata: Option<dto::Metadata>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_encoding: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_disposition: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_language: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_control: Option<String>,
-    /// An HTTP date, as s3s-fs writes it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    website_redirect_location: Option<String>,
-}
-
-impl Attributes {
-    fn is_empty(&self) -> bool {
-        self.user_metadata.is_none()
-            && self.content_encoding.is_none()
-            && self.content_type.is_none()
-            && self.content_disposition.is_none()
-            && self.content_language.is_none()
-            && self.cache_control.is_none()
-            && self.expires.is_none()
-            && self.website_redirect_location.is_none()
-    }
-}
 
 /// What the last step needs besides the received body.
 struct Commit {

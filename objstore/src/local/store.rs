@@ -24,6 +24,42 @@ use uuid::Uuid;
 /// the work, small enough that a large body never sits in memory whole.
 pub(super) const WRITE_CHUNK: usize = 1024 * 1024;
 
+/// An object's attributes as s3s-fs stores them (its `ObjectAttributes`, same fields and
+/// names), in `.bucket-….object-….metadata.json`.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Attributes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) user_metadata: Option<dto::Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) content_encoding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) content_disposition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) content_language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cache_control: Option<String>,
+    /// An HTTP date, as s3s-fs writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) website_redirect_location: Option<String>,
+}
+
+impl Attributes {
+    pub(super) fn is_empty(&self) -> bool {
+        self.user_metadata.is_none()
+            && self.content_encoding.is_none()
+            && self.content_type.is_none()
+            && self.content_disposition.is_none()
+            && self.content_language.is_none()
+            && self.cache_control.is_none()
+            && self.expires.is_none()
+            && self.website_redirect_location.is_none()
+    }
+}
+
 /// If-None-Match: `*` fails when the object exists; If-Match when it does not, or when its
 /// ETag is not the one named.
 pub(super) fn check_preconditions(

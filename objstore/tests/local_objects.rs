@@ -1,6 +1,6 @@
-//! PutObject against the loopback server (its own, over s3s-fs's files), through
-//! aws-sdk-s3: what a worker's result write and a coordinator's checkpoint rely on, and
-//! what s3s-fs's reads must still find.
+//! PutObject and GetObject against the loopback server (its own, over s3s-fs's files),
+//! through aws-sdk-s3: what a worker's reads and result writes and a coordinator's
+//! checkpoints rely on, and what s3s-fs's other operations (HeadObject) must still find.
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -273,4 +273,168 @@ async fn a_put_to_a_missing_bucket_is_no_such_bucket() {
         .expect_err("no bucket");
     let code = e.as_service_error().and_then(|e| e.meta().code());
     assert_eq!(code, Some("NoSuchBucket"), "{e:?}");
+}
+
+/// GetObject (the server's own): a body longer than one read is streamed whole, ranges
+/// across its read boundaries come back exact with their Content-Range, and checksums
+/// come only with the whole object.
+#[tokio::test]
+async fn long_bodies_stream_and_ranges_are_exact() {
+    let (_server, c) = server_with_bucket().await;
+    let data = body(2 * 1024 * 1024 + 333);
+    c.put_object()
+        .bucket(BUCKET)
+        .key("big")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .unwrap();
+    let whole = get(&c, "big").await;
+    assert_eq!(whole.content_length(), Some(data.len() as i64));
+    assert!(whole.checksum_crc32().is_some());
+    assert_eq!(whole.body.collect().await.unwrap().into_bytes(), data);
+
+    let n = data.len() as u64;
+    for (header, start, end) in [
+        (
+            "bytes=1048570-1048590".to_owned(),
+            1_048_570u64,
+            1_048_591u64,
+        ),
+        ("bytes=100-".to_owned(), 100, n),
+        ("bytes=-65536".to_owned(), n - 65_536, n),
+        (format!("bytes=-{}", n + 10), 0, n),
+    ] {
+        let got = c
+            .get_object()
+            .bucket(BUCKET)
+            .key("big")
+            .range(&header)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{header}: {e:?}"));
+        assert_eq!(got.content_length(), Some((end - start) as i64), "{header}");
+        if end - start < n {
+            assert_eq!(
+                got.content_range(),
+                Some(format!("bytes {start}-{}/{n}", end - 1).as_str()),
+                "{header}"
+            );
+            assert!(got.checksum_crc32().is_none(), "{header}");
+        }
+        let bytes = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(bytes, data.slice(start as usize..end as usize), "{header}");
+    }
+}
+
+#[tokio::test]
+async fn get_errors_follow_s3() {
+    let (_server, c) = server_with_bucket().await;
+    c.put_object()
+        .bucket(BUCKET)
+        .key("empty")
+        .body(ByteStream::from_static(b""))
+        .send()
+        .await
+        .unwrap();
+    type GetError = aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::get_object::GetObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >;
+    let code = |e: &GetError| e.raw_response().map(|r| r.status().as_u16());
+    let range = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("empty")
+        .range("bytes=-10")
+        .send()
+        .await
+        .expect_err("no range of an empty object");
+    assert_eq!(code(&range), Some(416));
+    let whole = get(&c, "empty").await;
+    assert_eq!(whole.content_length(), Some(0));
+    let beyond = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("empty")
+        .range("bytes=5-9")
+        .send()
+        .await
+        .expect_err("past the end");
+    assert_eq!(code(&beyond), Some(416));
+
+    let key = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("nope")
+        .send()
+        .await
+        .expect_err("no key");
+    assert!(
+        key.as_service_error().is_some_and(|e| e.is_no_such_key()),
+        "{key:?}"
+    );
+    let bucket = c
+        .get_object()
+        .bucket("no-such-bucket")
+        .key("k")
+        .send()
+        .await
+        .expect_err("no bucket");
+    let name = bucket.as_service_error().and_then(|e| e.meta().code());
+    assert_eq!(name, Some("NoSuchBucket"), "{bucket:?}");
+}
+
+/// Every attribute PutObject stores comes back from GetObject and HeadObject (which is
+/// still s3s-fs's, reading the same file).
+#[tokio::test]
+async fn attributes_round_trip_through_get_and_head() {
+    let (_server, c) = server_with_bucket().await;
+    let expires = aws_sdk_s3::primitives::DateTime::from_secs(1_800_000_000);
+    c.put_object()
+        .bucket(BUCKET)
+        .key("a")
+        .content_type("application/x-ndjson")
+        .content_encoding("identity")
+        .content_disposition("inline")
+        .content_language("en")
+        .cache_control("no-cache")
+        .expires(expires)
+        .website_redirect_location("/b")
+        .metadata("source", "s3://data/x")
+        .body(ByteStream::from_static(b"{}\n"))
+        .send()
+        .await
+        .unwrap();
+    let g = get(&c, "a").await;
+    let h = c
+        .head_object()
+        .bucket(BUCKET)
+        .key("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(g.content_type(), Some("application/x-ndjson"));
+    assert_eq!(g.content_encoding(), Some("identity"));
+    assert_eq!(g.content_disposition(), Some("inline"));
+    assert_eq!(g.content_language(), Some("en"));
+    assert_eq!(g.cache_control(), Some("no-cache"));
+    assert_eq!(g.website_redirect_location(), Some("/b"));
+    assert_eq!(
+        g.metadata()
+            .and_then(|m| m.get("source"))
+            .map(String::as_str),
+        Some("s3://data/x")
+    );
+    assert_eq!(g.e_tag(), h.e_tag());
+    assert_eq!(g.last_modified(), h.last_modified());
+    assert_eq!(h.content_type(), Some("application/x-ndjson"));
+    assert_eq!(h.cache_control(), Some("no-cache"));
+    assert!(
+        g.expires_string().is_some_and(|e| e.contains("2027")),
+        "{g:?}"
+    );
+    assert_eq!(g.expires_string(), h.expires_string());
 }
