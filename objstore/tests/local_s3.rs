@@ -143,8 +143,9 @@ async fn missing_bucket_is_a_non_retryable_error_naming_the_bucket() {
     let server = LocalS3::start().await.unwrap();
     let c = server.client().await;
     let err = get_bytes(&c, "no-such-bucket", "k").await.unwrap_err();
-    // AWS answers NoSuchBucket (a Get error); s3s-fs answers NoSuchKey (NotFound). Either way
-    // the caller must see the object named and must not retry.
+    // AWS (and the loopback server) answer NoSuchBucket, a Get error; other S3-compatible
+    // stores answer NoSuchKey (NotFound). Either way the caller must see the object named and
+    // must not retry.
     assert!(
         matches!(
             err,
