@@ -42,9 +42,9 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use uuid::Uuid;
 
 use super::store::{
-    Sink, TmpFile, blocking, check, check_preconditions, hasher_for, hex, info_path, internal,
-    md5_of, metadata_path, object_path, read_trailers, receive, remove_if_present, tmp_path,
-    write_file,
+    Sink, TmpFile, blocking, check, check_content_md5, check_destination, hasher_for, hex,
+    info_path, internal, md5_of, metadata_path, object_path, read_trailers, receive,
+    remove_if_present, tmp_path, write_file,
 };
 
 /// S3's limits on part numbers.
@@ -286,14 +286,7 @@ impl Multipart {
         let md5 = sink.md5.finalize();
         let actual = sink.checksum.finalize();
 
-        if let Some(content_md5) = content_md5 {
-            let given = base64_simd::STANDARD
-                .decode_to_vec(&content_md5)
-                .map_err(|_| s3_error!(InvalidDigest, "Content-MD5 is not base64"))?;
-            if given != md5 {
-                return Err(s3_error!(BadDigest, "Content-MD5 does not match the part"));
-            }
-        }
+        check_content_md5(content_md5.as_deref(), &md5)?;
         if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
             read_trailers(&trailers, &mut expected)?;
         }
@@ -458,11 +451,8 @@ struct Completion {
 /// The assembly stays locked throughout, so no part starts to be written into it meanwhile;
 /// it becomes the object only if no part is being written into it either.
 fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
-    if !f.bucket.is_dir() {
-        let name = f.bucket.file_name().unwrap_or_default().to_string_lossy();
-        return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
-    }
-    check_preconditions(
+    check_destination(
+        &f.bucket,
         &f.object,
         &f.info,
         f.if_match.as_ref(),

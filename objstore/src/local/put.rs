@@ -28,9 +28,9 @@ use s3s::dto::{self, ETag};
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::store::{
-    Attributes, Sink, TmpFile, WRITE_CHUNK, blocking, check, check_preconditions, hasher_for, hex,
-    info_path, internal, metadata_path, object_path, read_trailers, receive, remove_if_present,
-    tmp_path, write_file,
+    Attributes, Sink, TmpFile, WRITE_CHUNK, blocking, check, check_content_md5, check_destination,
+    hasher_for, hex, info_path, internal, metadata_path, object_path, read_trailers, receive,
+    remove_if_present, tmp_path, write_file,
 };
 
 /// What the last step needs besides the received body.
@@ -212,20 +212,10 @@ fn commit_object(file: TmpFile, sink: Sink, c: Commit) -> S3Result<(String, dto:
     drop(out);
     let md5 = md5.finalize();
     let actual = checksum.finalize();
-    if let Some(content_md5) = &c.content_md5 {
-        let given = base64_simd::STANDARD
-            .decode_to_vec(content_md5)
-            .map_err(|_| s3_error!(InvalidDigest, "Content-MD5 is not base64"))?;
-        if given != md5 {
-            return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
-        }
-    }
+    check_content_md5(c.content_md5.as_deref(), &md5)?;
     check(&c.expected, &actual)?;
-    if !c.bucket.is_dir() {
-        let name = c.bucket.file_name().unwrap_or_default().to_string_lossy();
-        return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
-    }
-    check_preconditions(
+    check_destination(
+        &c.bucket,
         &c.object,
         &c.info,
         c.if_match.as_ref(),

@@ -60,14 +60,34 @@ impl Attributes {
     }
 }
 
-/// If-None-Match: `*` fails when the object exists; If-Match when it does not, or when its
-/// ETag is not the one named.
-pub(super) fn check_preconditions(
+/// The body's MD5 must be the Content-MD5 the request sent, if any.
+pub(super) fn check_content_md5(content_md5: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
+    let Some(content_md5) = content_md5 else {
+        return Ok(());
+    };
+    let given = base64_simd::STANDARD
+        .decode_to_vec(content_md5)
+        .map_err(|_| s3_error!(InvalidDigest, "Content-MD5 is not base64"))?;
+    if given != md5 {
+        return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
+    }
+    Ok(())
+}
+
+/// Whether an object may be stored at `object` now: its bucket must exist, and
+/// If-None-Match: `*` fails when the object exists, If-Match when it does not or when its
+/// ETag is not the one named. Blocking.
+pub(super) fn check_destination(
+    bucket: &Path,
     object: &Path,
     info: &Path,
     if_match: Option<&dto::ETagCondition>,
     if_none_match: Option<&dto::ETagCondition>,
 ) -> S3Result<()> {
+    if !bucket.is_dir() {
+        let name = bucket.file_name().unwrap_or_default().to_string_lossy();
+        return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
+    }
     let exists = object.is_file();
     if if_none_match.is_some_and(dto::ETagCondition::is_any) && exists {
         return Err(s3_error!(PreconditionFailed, "Object already exists"));
