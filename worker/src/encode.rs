@@ -218,21 +218,17 @@ struct Strings<'a> {
 
 impl<'a> Strings<'a> {
     fn new(column: &'a StringArray) -> Self {
-        let plain = !column.values().iter().any(|&b| needs_escape(b));
-        Strings { column, plain }
+        Strings {
+            column,
+            plain: nothing_to_escape(column),
+        }
     }
 
     #[inline]
     fn write(&self, out: &mut Vec<u8>, i: usize) {
-        if i >= self.column.len() || self.column.is_null(i) {
-            out.extend_from_slice(b"null");
-        } else if self.plain {
-            out.push(b'"');
-            out.extend_from_slice(self.column.value(i).as_bytes());
-            out.push(b'"');
-        } else {
-            write_str(out, self.column.value(i));
-        }
+        let value =
+            (i < self.column.len() && !self.column.is_null(i)).then(|| self.column.value(i));
+        write_json_str(out, value, self.plain);
     }
 }
 
@@ -245,21 +241,34 @@ struct Ids<'a> {
 
 impl<'a> Ids<'a> {
     fn new(ids: &'a DeviceIds) -> Self {
-        let plain = !ids.values().values().iter().any(|&b| needs_escape(b));
-        Ids { ids, plain }
+        Ids {
+            ids,
+            plain: nothing_to_escape(ids.values()),
+        }
     }
 
     #[inline]
     fn write(&self, out: &mut Vec<u8>, i: usize) {
-        match (i < self.ids.len()).then(|| self.ids.value(i)).flatten() {
-            None => out.extend_from_slice(b"null"),
-            Some(id) if self.plain => {
-                out.push(b'"');
-                out.extend_from_slice(id.as_bytes());
-                out.push(b'"');
-            }
-            Some(id) => write_str(out, id),
+        let value = (i < self.ids.len()).then(|| self.ids.value(i)).flatten();
+        write_json_str(out, value, self.plain);
+    }
+}
+
+fn nothing_to_escape(column: &StringArray) -> bool {
+    !column.values().iter().any(|&b| needs_escape(b))
+}
+
+/// `value` as a JSON string, or `null`; `plain` when it is known to need no escaping.
+#[inline]
+fn write_json_str(out: &mut Vec<u8>, value: Option<&str>, plain: bool) {
+    match value {
+        None => out.extend_from_slice(b"null"),
+        Some(v) if plain => {
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
         }
+        Some(v) => write_str(out, v),
     }
 }
 

@@ -234,11 +234,6 @@ impl DeviceIds {
         })
     }
 
-    /// Plain ids, one per row.
-    pub fn from_strings(values: StringArray) -> DeviceIds {
-        DeviceIds { values, keys: None }
-    }
-
     pub fn len(&self) -> usize {
         self.keys.as_ref().map_or(self.values.len(), Array::len)
     }
@@ -329,34 +324,15 @@ pub fn tally_devices(ids: &DeviceIds, mask: &[u8], mut emit: impl FnMut(&str, &D
                 }
             }
         }
-        Some(keys) => {
-            let mut run: Option<(Option<i32>, DeviceTally)> = None;
-            for (i, &m) in mask.iter().enumerate() {
-                if m == 0 {
-                    continue;
-                }
-                let k = keys.is_valid(i).then(|| keys.value(i));
-                match &mut run {
-                    Some((current, c)) if *current == k => tally(c, m),
-                    _ => {
-                        if let Some((prev, c)) = run.take() {
-                            emit(prev.map_or("", |p| id_of(p as usize)), &c);
-                        }
-                        tally(&mut run.insert((k, [0; 4])).1, m);
-                    }
-                }
-            }
-            if let Some((prev, c)) = run {
-                emit(prev.map_or("", |p| id_of(p as usize)), &c);
-            }
-        }
-        None => {
+        // Runs compare ids, not keys: a key costs a lookup either way, and a dictionary
+        // that holds an id twice then still makes one run.
+        _ => {
             let mut run: Option<(&str, DeviceTally)> = None;
             for (i, &m) in mask.iter().enumerate() {
                 if m == 0 {
                     continue;
                 }
-                let id = id_of(i);
+                let id = ids.value(i).unwrap_or("");
                 match &mut run {
                     Some((current, c)) if *current == id => tally(c, m),
                     _ => {
