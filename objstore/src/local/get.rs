@@ -22,7 +22,8 @@ use s3s::dto::{self, ETag};
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::store::{
-    Attributes, WRITE_CHUNK, blocking, hex, info_path, internal, md5_of, metadata_path, object_path,
+    Attributes, Info, WRITE_CHUNK, blocking, hashed_e_tag, info_path, internal, metadata_path,
+    no_such_bucket, object_path, read_if_present,
 };
 
 /// What one blocking task learns about the object, with the body if it is short.
@@ -117,8 +118,7 @@ fn find(
         if bucket.is_dir() {
             s3_error!(NoSuchKey)
         } else {
-            let name = bucket.file_name().unwrap_or_default().to_string_lossy();
-            s3_error!(NoSuchBucket, "no bucket {name}")
+            no_such_bucket(&bucket)
         }
     };
     let mut file = match File::open(&object) {
@@ -138,30 +138,18 @@ fn find(
         Some(r) => r.check(len).map_err(|_| s3_error!(InvalidRange))?,
     };
 
-    let attributes = read_sidecar(&meta)?.map(|bytes| {
+    let attributes = read_if_present(&meta)?.map(|bytes| {
         // s3s-fs's older format held the user metadata alone.
         serde_json::from_slice::<Attributes>(&bytes).unwrap_or_else(|_| Attributes {
             user_metadata: serde_json::from_slice(&bytes).ok(),
             ..Default::default()
         })
     });
-    let info: serde_json::Map<String, serde_json::Value> = match read_sidecar(&info)? {
-        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        None => serde_json::Map::new(),
-    };
-    let text = |name: &str| info.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-    let e_tag = match text("e_tag") {
+    let info = Info::read(&info)?.unwrap_or_default();
+    let checksum = info.checksum();
+    let e_tag = match info.e_tag {
         Some(e_tag) => e_tag,
-        // An object s3s-fs stored without its ETag: hash it, as s3s-fs does.
-        None => hex(&md5_of(&mut file).map_err(|e| internal(&object, e))?),
-    };
-    let checksum = dto::Checksum {
-        checksum_crc32: text("checksum_crc32"),
-        checksum_crc32c: text("checksum_crc32c"),
-        checksum_sha1: text("checksum_sha1"),
-        checksum_sha256: text("checksum_sha256"),
-        checksum_crc64nvme: text("checksum_crc64nvme"),
-        ..Default::default()
+        None => hashed_e_tag(&mut file, &object)?,
     };
 
     let wanted = range.end - range.start;
@@ -183,15 +171,6 @@ fn find(
         checksum,
         body,
     })
-}
-
-/// A sidecar's bytes, or `None` when the object has none.
-fn read_sidecar(path: &Path) -> S3Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(internal(path, e)),
-    }
 }
 
 /// `range` of `file`, [`WRITE_CHUNK`] bytes per blocking task.

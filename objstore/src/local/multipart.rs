@@ -42,7 +42,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use uuid::Uuid;
 
 use super::store::{
-    Sink, TmpFile, blocking, check, check_content_md5, check_destination, hasher_for, hex,
+    Info, Sink, TmpFile, blocking, check, check_content_md5, check_destination, hasher_for, hex,
     info_path, internal, md5_of, metadata_path, object_path, read_trailers, receive,
     remove_if_present, tmp_path, write_file,
 };
@@ -542,8 +542,7 @@ fn assemble(parts: &[PlannedPart], f: &Completion) -> S3Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => remove_if_present(&f.object_meta)?,
         Err(e) => return Err(internal(&f.upload_meta, e)),
     }
-    let body = serde_json::json!({ "e_tag": e_tag }).to_string();
-    write_file(f.info_tmp.clone(), &f.info, body.as_bytes())?;
+    Info::new(e_tag.clone(), &dto::Checksum::default()).write(f.info_tmp.clone(), &f.info)?;
 
     for part in parts {
         if !held.contains_key(&part.number) {

@@ -28,9 +28,9 @@ use s3s::dto::{self, ETag};
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::store::{
-    Attributes, Sink, TmpFile, WRITE_CHUNK, blocking, check, check_content_md5, check_destination,
-    hasher_for, hex, info_path, internal, metadata_path, object_path, read_trailers, receive,
-    remove_if_present, tmp_path, write_file,
+    Attributes, Info, Sink, TmpFile, WRITE_CHUNK, blocking, check, check_content_md5,
+    check_destination, hasher_for, hex, info_path, internal, metadata_path, object_path,
+    read_trailers, receive, remove_if_present, tmp_path, write_file,
 };
 
 /// What the last step needs besides the received body.
@@ -234,20 +234,6 @@ fn commit_object(file: TmpFile, sink: Sink, c: Commit) -> S3Result<(String, dto:
         write_file(c.meta_tmp, &c.meta, &body)?;
     }
     let e_tag = hex(&md5);
-    let mut info = serde_json::Map::new();
-    info.insert("e_tag".into(), e_tag.clone().into());
-    for (name, value) in [
-        ("checksum_crc32", &actual.checksum_crc32),
-        ("checksum_crc32c", &actual.checksum_crc32c),
-        ("checksum_sha1", &actual.checksum_sha1),
-        ("checksum_sha256", &actual.checksum_sha256),
-        ("checksum_crc64nvme", &actual.checksum_crc64nvme),
-    ] {
-        if let Some(v) = value {
-            info.insert(name.into(), v.clone().into());
-        }
-    }
-    let body = serde_json::Value::Object(info).to_string();
-    write_file(c.info_tmp, &c.info, body.as_bytes())?;
+    Info::new(e_tag.clone(), &actual).write(c.info_tmp, &c.info)?;
     Ok((e_tag, actual))
 }

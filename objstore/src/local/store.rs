@@ -74,6 +74,81 @@ pub(super) fn check_content_md5(content_md5: Option<&str>, md5: &[u8; 16]) -> S3
     Ok(())
 }
 
+/// An object's ETag and checksums as s3s-fs stores them (its `InternalInfo`, same keys), in
+/// `.bucket-<b64 bucket>.object-<b64 key>.internal.json`.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Info {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) e_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_crc32: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_crc32c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_crc64nvme: Option<String>,
+}
+
+impl Info {
+    pub(super) fn new(e_tag: String, checksum: &dto::Checksum) -> Info {
+        Info {
+            e_tag: Some(e_tag),
+            checksum_crc32: checksum.checksum_crc32.clone(),
+            checksum_crc32c: checksum.checksum_crc32c.clone(),
+            checksum_sha1: checksum.checksum_sha1.clone(),
+            checksum_sha256: checksum.checksum_sha256.clone(),
+            checksum_crc64nvme: checksum.checksum_crc64nvme.clone(),
+        }
+    }
+
+    pub(super) fn checksum(&self) -> dto::Checksum {
+        dto::Checksum {
+            checksum_crc32: self.checksum_crc32.clone(),
+            checksum_crc32c: self.checksum_crc32c.clone(),
+            checksum_sha1: self.checksum_sha1.clone(),
+            checksum_sha256: self.checksum_sha256.clone(),
+            checksum_crc64nvme: self.checksum_crc64nvme.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The object's info file; `None` when it has none, or one that does not parse.
+    /// Blocking.
+    pub(super) fn read(path: &Path) -> S3Result<Option<Info>> {
+        Ok(read_if_present(path)?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Replaces the info file at `dest` (through `tmp`); blocking.
+    pub(super) fn write(&self, tmp: PathBuf, dest: &Path) -> S3Result<()> {
+        let body = serde_json::to_vec(self)
+            .map_err(|e| s3_error!(InternalError, "encoding an object's info: {e}"))?;
+        write_file(tmp, dest, &body)
+    }
+}
+
+/// The ETag of an object whose info file does not record one (s3s-fs's older files): its
+/// MD5, as s3s-fs computes it. Blocking.
+pub(super) fn hashed_e_tag(file: &mut File, object: &Path) -> S3Result<String> {
+    Ok(hex(&md5_of(file).map_err(|e| internal(object, e))?))
+}
+
+/// A file's bytes, or `None` when it does not exist; blocking.
+pub(super) fn read_if_present(path: &Path) -> S3Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(internal(path, e)),
+    }
+}
+
+pub(super) fn no_such_bucket(bucket: &Path) -> S3Error {
+    let name = bucket.file_name().unwrap_or_default().to_string_lossy();
+    s3_error!(NoSuchBucket, "no bucket {name}")
+}
+
 /// Whether an object may be stored at `object` now: its bucket must exist, and
 /// If-None-Match: `*` fails when the object exists, If-Match when it does not or when its
 /// ETag is not the one named. Blocking.
@@ -85,8 +160,7 @@ pub(super) fn check_destination(
     if_none_match: Option<&dto::ETagCondition>,
 ) -> S3Result<()> {
     if !bucket.is_dir() {
-        let name = bucket.file_name().unwrap_or_default().to_string_lossy();
-        return Err(s3_error!(NoSuchBucket, "no bucket {name}"));
+        return Err(no_such_bucket(bucket));
     }
     let exists = object.is_file();
     if if_none_match.is_some_and(dto::ETagCondition::is_any) && exists {
@@ -99,15 +173,12 @@ pub(super) fn check_destination(
         return Err(s3_error!(PreconditionFailed, "Object does not exist"));
     }
     if let Some(expected) = condition.as_etag() {
-        let recorded = std::fs::read(info)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("e_tag")?.as_str().map(str::to_owned));
+        let recorded = Info::read(info).ok().flatten().and_then(|i| i.e_tag);
         let current = match recorded {
             Some(e_tag) => e_tag,
             None => {
                 let mut file = File::open(object).map_err(|e| internal(object, e))?;
-                hex(&md5_of(&mut file).map_err(|e| internal(object, e))?)
+                hashed_e_tag(&mut file, object)?
             }
         };
         if !ETag::Strong(current).strong_cmp(expected) {
