@@ -33,6 +33,15 @@ use super::store::{
     read_trailers, receive, remove_if_present, tmp_path, write_file,
 };
 
+/// The body once the request has delivered all of it.
+enum Body {
+    /// Short enough to have been gathered whole in memory: written, checked and moved into
+    /// place in one blocking task.
+    Gathered(PathBuf, Vec<Bytes>, ChecksumHasher),
+    /// Streamed into a temporary file as it arrived.
+    Received(TmpFile, Sink),
+}
+
 /// What the last step needs besides the received body.
 struct Commit {
     expected: dto::Checksum,
@@ -151,28 +160,25 @@ pub(super) async fn put_object(
         info_tmp: tmp_path(root),
     };
     let tmp = tmp_path(root);
-    // Checksums in a trailer come after the body, so they are read once it has ended.
-    let (e_tag, actual) = if ended {
-        if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
-            read_trailers(&trailers, &mut commit.expected)?;
-        }
-        blocking("storing an object", move || {
-            let (file, sink) = begin(tmp, &head, checksum)?;
-            commit_object(file, sink, commit)
-        })
-        .await?
+    let body = if ended {
+        Body::Gathered(tmp, head, checksum)
     } else {
         let (file, sink) =
             blocking("storing an object", move || begin(tmp, &head, checksum)).await?;
-        let sink = receive(body, sink).await?;
-        if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
-            read_trailers(&trailers, &mut commit.expected)?;
-        }
-        blocking("storing an object", move || {
-            commit_object(file, sink, commit)
-        })
-        .await?
+        Body::Received(file, receive(body, sink).await?)
     };
+    // Checksums in a trailer come after the body, so they are read once it has ended.
+    if let Some(trailers) = trailing_headers.and_then(|t| t.take()) {
+        read_trailers(&trailers, &mut commit.expected)?;
+    }
+    let (e_tag, actual) = blocking("storing an object", move || {
+        let (file, sink) = match body {
+            Body::Gathered(tmp, head, checksum) => begin(tmp, &head, checksum)?,
+            Body::Received(file, sink) => (file, sink),
+        };
+        commit_object(file, sink, commit)
+    })
+    .await?;
     Ok(S3Response::new(dto::PutObjectOutput {
         e_tag: Some(ETag::Strong(e_tag)),
         checksum_crc32: actual.checksum_crc32,
