@@ -253,20 +253,16 @@ if want B3; then
   # Tools interleaved, so load drift hits both alike. Every tiny run before the first large
   # one: deleting a large run's results (thousands of part files) makes creating files
   # slow for minutes afterwards (see wipe_results), and a tiny run creates 6,000.
-  if b3_set tiny; then
+  b3_runs() { # tiny|large
+    b3_set "$1" || return 0
     for i in $(seq "$RUNS"); do
-      log "B3 run $i/$RUNS: tiny files (fleetmap, Celery)"
-      fm_run B3-tiny "tiny-$TAG/"
-      celery_run B3-tiny "tiny-$TAG/"
+      log "B3 run $i/$RUNS: $1 files (fleetmap, Celery)"
+      fm_run "B3-$1" "$1-$TAG/"
+      celery_run "B3-$1" "$1-$TAG/"
     done
-  fi
-  if b3_set large; then
-    for i in $(seq "$RUNS"); do
-      log "B3 run $i/$RUNS: large files (fleetmap, Celery)"
-      fm_run B3-large "large-$TAG/"
-      celery_run B3-large "large-$TAG/"
-    done
-  fi
+  }
+  b3_runs tiny
+  b3_runs large
   kill "$CELERY" 2>/dev/null; wait "$CELERY" 2>/dev/null || true
   scale_workers 0
   stop_proc coordinator 30
