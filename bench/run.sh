@@ -23,7 +23,10 @@
 # Needs: a Rust toolchain, python3.11, RabbitMQ at $AMQP_URL (default local guest) with
 # rabbitmqctl (to delete this run's queues), /usr/bin/time.
 # Data lives in bench/data (gitignored) and is reused between runs; the processes of
-# B3-B5 run under bench/data/stack (pids/, logs/, s3/) via deploy/local/lib.sh.
+# B3-B5 run under $BENCH_STACK_DIR (pids/, logs/, s3/: the S3 server's folder) via
+# deploy/local/lib.sh: by default /dev/shm/fleetmap-bench, a tmpfs, when it has 12 GiB
+# free (a large B3 run writes ~7.7 GB of results before they are deleted), else
+# bench/data/stack. The data sets there are generated again after a reboot.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +54,7 @@ else
 fi
 DAYS=834
 mkdir -p "$DATA" "$OUT"
-# One invocation at a time: two would share bench/data/stack (pid files, ports, the S3
+# One invocation at a time: two would share the stack folder (pid files, ports, the S3
 # folder) and each one's cleanup would stop the other's processes.
 exec 9> "$DATA/.run.lock"
 if ! flock -n 9; then
@@ -123,8 +126,15 @@ fi
 
 # --- B3 / B4 / B5: the process stack of deploy/local, on free ports, own queue prefix ------
 # deploy/local/lib.sh starts each process in its own session with a pid file and a log
-# under $RUN_DIR (bench/data/stack: the S3 server's data sets stay between runs); cleanup
+# under $RUN_DIR ($BENCH_STACK_DIR: the S3 server's data sets stay between runs); cleanup
 # stops them by those pids and deletes this run's queues.
+#
+# Why tmpfs: the S3 server stands in for a remote store, so its file system should not set
+# the pace, and on this machine's root (ext4 without a journal) it did, unevenly. Creating
+# a file there skips every inode freed in the last 60-360 s (`recently_deleted` in
+# fs/ext4/ialloc.c), so a run after any deletion of results paid for it: the server's CPU
+# per tiny child execution moved between 0.45 and 1.7 ms with what the file system had
+# deleted minutes before (for both tools), 0.37-0.40 ms on tmpfs whatever came before.
 STACK=0
 if want B3 || want B4 || want B5; then
   STACK=1
@@ -132,7 +142,17 @@ if want B3 || want B4 || want B5; then
   # shellcheck source-path=SCRIPTDIR/.. source=deploy/local/ports.sh
   . "$ROOT/deploy/local/ports.sh"
   read -r S3P COORDP NULLP WBASE <<<"$(free_ports 3 9)"
-  export FLEETMAP_BIN=$FM FLEETMAP_RUN_DIR=$DATA/stack FLEETMAP_QUEUE_PREFIX=fmbench-$$
+  STACK_DIR=${BENCH_STACK_DIR:-}
+  if [ -z "$STACK_DIR" ]; then
+    STACK_DIR=$DATA/stack
+    shm_free=$(df -k --output=avail /dev/shm 2>/dev/null | tail -n 1 || echo 0)
+    if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && [ "${shm_free// /}" -ge $((12 * 1024 * 1024)) ]; then
+      STACK_DIR=/dev/shm/fleetmap-bench
+    else
+      log "/dev/shm is not a tmpfs with 12 GiB free: the S3 server's folder is $STACK_DIR, on disk"
+    fi
+  fi
+  export FLEETMAP_BIN=$FM FLEETMAP_RUN_DIR=$STACK_DIR FLEETMAP_QUEUE_PREFIX=fmbench-$$
   export FLEETMAP_LOCAL_S3_PORT=$S3P FLEETMAP_LOCAL_COORDINATOR_PORT=$COORDP
   export FLEETMAP_LOCAL_WORKER_PORT_BASE=$WBASE
   export CELERY_QUEUE=fmbench-$$-celery RUST_LOG=warn
@@ -187,13 +207,11 @@ coordinator_up() { # name [coordinator flags...]
 # `.bucket-<base64url bucket>.object-…`: drop the results bucket's too, or every run leaves
 # thousands of entries that slow the server's file lookups for both tools.
 RESULTS_B64=$(printf %s "${RESULTS_BUCKET:-}" | base64 | tr '+/' '-_' | tr -d '=')
-# Deleting files is not free here either: on an ext4 mounted without a journal (as this
-# machine's root is), creating a file skips every inode freed in the last 60 s (360 s while
-# its inode table block is dirty; `recently_deleted` in fs/ext4/ialloc.c), scanning past
-# each one. Wiping a tiny run's 6,000 files (records and s3s-fs's two sidecars per object)
-# before the next run made half of the S3 server's CPU inode allocation, for both tools.
-# So tiny runs' results (unique keys per run, a few MB) stay until B3 ends; large runs'
-# (60 files, gigabytes) go after each run.
+# Deleting files is not free on disk either (see "Why tmpfs" above): wiping a tiny run's
+# 6,000 files (records and sidecars) before the next run made half of the S3 server's CPU
+# inode allocation, for both tools. So tiny runs' results (unique keys per run, a few MB)
+# stay until B3 ends; large runs' (gigabytes) go after each run, which on tmpfs also
+# gives their memory back.
 wipe_results() {
   rm -rf "$RUN_DIR/s3/$RESULTS_BUCKET"/{fm,celery,bench,mapruns}
   find "$RUN_DIR/s3" -maxdepth 1 -name ".bucket-$RESULTS_B64.object-*" -delete
@@ -251,8 +269,7 @@ if want B3; then
     --results-prefix fm --wait -o json > /dev/null
   wipe_results
   # Tools interleaved, so load drift hits both alike. Every tiny run before the first large
-  # one: deleting a large run's results (thousands of part files) makes creating files
-  # slow for minutes afterwards (see wipe_results), and a tiny run creates 6,000.
+  # one, so that none follows a large run's deletions (see "Why tmpfs" above).
   b3_runs() { # tiny|large
     b3_set "$1" || return 0
     for i in $(seq "$RUNS"); do
