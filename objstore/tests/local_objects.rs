@@ -3,6 +3,8 @@
 //! checkpoints rely on, and what s3s-fs's other operations (HeadObject) must still find.
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
 use bytes::Bytes;
@@ -38,6 +40,25 @@ async fn get(c: &Client, key: &str) -> aws_sdk_s3::operation::get_object::GetObj
         .send()
         .await
         .expect("get")
+}
+
+/// The HTTP status a failed call got.
+fn status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+/// The S3 error code (`NoSuchBucket`, `BadDigest`, …) a failed call got.
+fn error_code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&str> {
+    e.as_service_error().and_then(|e| e.code())
+}
+
+/// Temporary files the server left in its root folder.
+fn temporary_files(server: &LocalS3) -> Vec<String> {
+    std::fs::read_dir(server.root())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp."))
+        .collect()
 }
 
 /// Sidecar files s3s-fs keeps for `key` in the server's root folder.
@@ -92,11 +113,7 @@ async fn small_and_streamed_bodies_round_trip_with_etag_checksum_and_attributes(
         assert_eq!(sidecars(&server, key), ["internal.json", "metadata.json"]);
     }
     // No temporary file is left behind.
-    let tmp: Vec<_> = std::fs::read_dir(server.root())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".tmp."))
-        .collect();
+    let tmp = temporary_files(&server);
     assert!(tmp.is_empty(), "{tmp:?}");
 }
 
@@ -192,8 +209,7 @@ async fn a_mismatched_checksum_or_md5_is_bad_digest_and_changes_nothing() {
         .send()
         .await
         .expect_err("a wrong CRC32 is refused");
-    let code = wrong_crc.as_service_error().and_then(|e| e.meta().code());
-    assert_eq!(code, Some("BadDigest"), "{wrong_crc:?}");
+    assert_eq!(error_code(&wrong_crc), Some("BadDigest"), "{wrong_crc:?}");
     let wrong_md5 = c
         .put_object()
         .bucket(BUCKET)
@@ -203,8 +219,7 @@ async fn a_mismatched_checksum_or_md5_is_bad_digest_and_changes_nothing() {
         .send()
         .await
         .expect_err("a wrong Content-MD5 is refused");
-    let code = wrong_md5.as_service_error().and_then(|e| e.meta().code());
-    assert_eq!(code, Some("BadDigest"), "{wrong_md5:?}");
+    assert_eq!(error_code(&wrong_md5), Some("BadDigest"), "{wrong_md5:?}");
     let got = get(&c, "k")
         .await
         .body
@@ -213,12 +228,10 @@ async fn a_mismatched_checksum_or_md5_is_bad_digest_and_changes_nothing() {
         .unwrap()
         .into_bytes();
     assert_eq!(got.as_ref(), b"first");
+    let tmp = temporary_files(&server);
     assert!(
-        std::fs::read_dir(server.root())
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .all(|n| !n.starts_with(".tmp.")),
-        "a refused body's temporary file is removed"
+        tmp.is_empty(),
+        "a refused body's temporary file is removed: {tmp:?}"
     );
 }
 
@@ -238,13 +251,13 @@ async fn conditional_puts_follow_s3() {
         .send()
         .await
         .expect_err("exists");
-    assert_eq!(again.raw_response().map(|r| r.status().as_u16()), Some(412));
+    assert_eq!(status(&again), Some(412));
     let stale = put(b"v2")
         .if_match(etag_of(b"v0"))
         .send()
         .await
         .expect_err("not the current version");
-    assert_eq!(stale.raw_response().map(|r| r.status().as_u16()), Some(412));
+    assert_eq!(status(&stale), Some(412));
     put(b"v2")
         .if_match(etag_of(b"v1"))
         .send()
@@ -271,8 +284,7 @@ async fn a_put_to_a_missing_bucket_is_no_such_bucket() {
         .send()
         .await
         .expect_err("no bucket");
-    let code = e.as_service_error().and_then(|e| e.meta().code());
-    assert_eq!(code, Some("NoSuchBucket"), "{e:?}");
+    assert_eq!(error_code(&e), Some("NoSuchBucket"), "{e:?}");
 }
 
 /// GetObject (the server's own): a body longer than one read is streamed whole, ranges
@@ -339,11 +351,6 @@ async fn get_errors_follow_s3() {
         .send()
         .await
         .unwrap();
-    type GetError = aws_sdk_s3::error::SdkError<
-        aws_sdk_s3::operation::get_object::GetObjectError,
-        aws_sdk_s3::config::http::HttpResponse,
-    >;
-    let code = |e: &GetError| e.raw_response().map(|r| r.status().as_u16());
     let range = c
         .get_object()
         .bucket(BUCKET)
@@ -352,7 +359,7 @@ async fn get_errors_follow_s3() {
         .send()
         .await
         .expect_err("no range of an empty object");
-    assert_eq!(code(&range), Some(416));
+    assert_eq!(status(&range), Some(416));
     let whole = get(&c, "empty").await;
     assert_eq!(whole.content_length(), Some(0));
     let beyond = c
@@ -363,7 +370,7 @@ async fn get_errors_follow_s3() {
         .send()
         .await
         .expect_err("past the end");
-    assert_eq!(code(&beyond), Some(416));
+    assert_eq!(status(&beyond), Some(416));
 
     let key = c
         .get_object()
@@ -383,8 +390,7 @@ async fn get_errors_follow_s3() {
         .send()
         .await
         .expect_err("no bucket");
-    let name = bucket.as_service_error().and_then(|e| e.meta().code());
-    assert_eq!(name, Some("NoSuchBucket"), "{bucket:?}");
+    assert_eq!(error_code(&bucket), Some("NoSuchBucket"), "{bucket:?}");
 }
 
 /// Every attribute PutObject stores comes back from GetObject and HeadObject (which is
