@@ -34,13 +34,18 @@ pub struct Trimmer {
 
 #[derive(Debug, Default)]
 struct State {
-    /// A trim task is sleeping until its turn.
-    scheduled: bool,
-    /// A trim is walking the heap now.
-    running: bool,
-    /// Asked for while running: trim once more.
-    again: bool,
+    phase: Phase,
     last: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Idle,
+    /// A trim task is sleeping until its turn: a request now is covered by it.
+    Scheduled,
+    /// A trim is walking the heap now; `again` once it was asked for meanwhile.
+    Running { again: bool },
 }
 
 impl Trimmer {
@@ -61,14 +66,14 @@ impl Trimmer {
     pub fn freed(&mut self) {
         let wait = {
             let mut s = lock(&self.state);
-            if s.running {
-                s.again = true;
-                return;
+            match s.phase {
+                Phase::Running { .. } => {
+                    s.phase = Phase::Running { again: true };
+                    return;
+                }
+                Phase::Scheduled => return,
+                Phase::Idle => s.phase = Phase::Scheduled,
             }
-            if s.scheduled {
-                return;
-            }
-            s.scheduled = true;
             s.last
                 .map(|t| self.every.saturating_sub(t.elapsed()))
                 .unwrap_or_default()
@@ -80,19 +85,15 @@ impl Trimmer {
             let mut wait = wait;
             loop {
                 tokio::time::sleep(wait).await;
-                {
-                    let mut s = lock(&state);
-                    s.scheduled = false;
-                    s.running = true;
-                }
+                lock(&state).phase = Phase::Running { again: false };
                 let _ = tokio::task::spawn_blocking(trim).await;
                 let mut s = lock(&state);
-                s.running = false;
                 s.last = Some(Instant::now());
-                if !std::mem::take(&mut s.again) {
+                if s.phase != (Phase::Running { again: true }) {
+                    s.phase = Phase::Idle;
                     return;
                 }
-                s.scheduled = true;
+                s.phase = Phase::Scheduled;
                 wait = every.max(settle);
             }
         });
