@@ -43,11 +43,13 @@ use crate::handle::{
 use crate::metrics as m;
 use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
-use crate::run::{Applied, ChildSpec, ExecState, MapRun, RunId, RunStatus, Tolerance};
+use crate::run::{
+    Applied, ChildSegment, ChildSpec, ExecState, MapRun, RunId, RunStatus, Tolerance,
+};
 use crate::spec::{RunSpec, validate};
 use crate::state::{
-    ArchivedRun, ArchivedRunRef, RunSnapshotRef, STATE_VERSION, Snapshot, SnapshotRef, StateError,
-    StateStore,
+    ArchivedRun, ArchivedRunRef, MAX_SEGMENT_CHILDREN, RunSnapshotRef, STATE_VERSION, SegmentRef,
+    Snapshot, SnapshotRef, StateError, StateStore,
 };
 
 pub use broker::{AMQP_CONNECTED, AMQP_RECONNECTS};
@@ -85,6 +87,11 @@ const CHECKPOINT_AFTER_OUTCOMES: usize = 500;
 /// coordinator's time and of the store's load however big the state: the outcomes waiting
 /// meanwhile are only acked later, nothing is lost.
 const CHECKPOINT_COST_RATIO: u32 = 3;
+/// A run still being read carries at most this many children inline in the checkpoint
+/// before they go to a segment object of their own ([`crate::state`]): a segment per reader
+/// stretch would make thousands of objects of a big listing, and what is inline costs every
+/// checkpoint its bytes.
+const SEGMENT_CHILDREN: usize = 4096;
 /// After a checkpoint write fails, the next attempt waits this long.
 const SAVE_RETRY: Duration = Duration::from_millis(500);
 
@@ -93,6 +100,8 @@ struct Saving {
     generation: u64,
     /// The finished runs whose archives this checkpoint writes (and its snapshot names).
     archiving: Vec<ArchivedRun>,
+    /// The children segments it writes (and its snapshot names).
+    segments: Vec<(RunId, SegmentRef)>,
     /// Outcomes whose effects the snapshot holds: acked once it is durable.
     acks: Vec<lapin::Acker>,
     /// API replies that wait for the snapshot.
@@ -324,10 +333,56 @@ struct Entry {
     open_order: Option<u64>,
     /// Finalized and written to its own archive object: checkpoints name it, no more.
     archived: bool,
+    /// The run's children segments known durable, in order from the first child.
+    segments: Vec<SegmentRef>,
 }
 
+/// Where a checkpoint puts children `unsaved` (those after the run's last durable segment):
+/// in new segments of at most [`MAX_SEGMENT_CHILDREN`] when the run's reader is done, `all`
+/// is asked (a run being archived) or they are [`SEGMENT_CHILDREN`] or more; else inline.
+fn plan_segments(
+    unsaved: std::ops::Range<usize>,
+    reading: bool,
+    all: bool,
+) -> (Vec<std::ops::Range<usize>>, Option<std::ops::Range<usize>>) {
+    if unsaved.is_empty() {
+        return (Vec::new(), None);
+    }
+    if !all && reading && unsaved.len() < SEGMENT_CHILDREN {
+        return (Vec::new(), Some(unsaved));
+    }
+    let end = unsaved.end;
+    let segments = unsaved
+        .step_by(MAX_SEGMENT_CHILDREN)
+        .map(|start| start..(start + MAX_SEGMENT_CHILDREN).min(end))
+        .collect();
+    (segments, None)
+}
+
+/// Children a checkpoint writes to new segments, and those it carries inline.
+type UnsavedChildren = (Vec<(SegmentRef, ChildSegment)>, Option<ChildSegment>);
+
 impl Entry {
-    fn snapshot(&self) -> RunSnapshotRef<'_> {
+    /// The children no durable segment holds yet, as [`plan_segments`] places them.
+    fn unsaved_children(&self, all: bool) -> UnsavedChildren {
+        let saved = self.segments.last().map_or(0, |s| s.end) as usize;
+        let count = self.run.execution_count() as usize;
+        let (new, inline) = plan_segments(saved..count, self.run.reading(), all);
+        let new = new
+            .into_iter()
+            .map(|r| {
+                let s = SegmentRef {
+                    start: r.start as u64,
+                    end: r.end as u64,
+                };
+                (s, self.run.children_segment(r))
+            })
+            .collect();
+        (new, inline.map(|r| self.run.children_segment(r)))
+    }
+
+    /// The run as a checkpoint or archive holds it, naming its durable segments, then `new`.
+    fn snapshot(&self, new: &[SegmentRef], tail: Option<ChildSegment>) -> RunSnapshotRef<'_> {
         RunSnapshotRef {
             run: &self.run,
             spec: &self.spec,
@@ -335,6 +390,8 @@ impl Entry {
             finalized: self.finalized,
             manifest_key: &self.manifest_key,
             open_order: self.open_order,
+            segments: self.segments.iter().chain(new).copied().collect(),
+            tail,
         }
     }
 }
@@ -467,6 +524,7 @@ impl Engine {
                     manifest_key: r.manifest_key,
                     open_order: r.open_order,
                     archived,
+                    segments: r.segments,
                 },
             );
         }
@@ -534,50 +592,68 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let store = self.store.as_ref()?;
-        // Newly finished runs are archived first, and the snapshot only names them.
-        let finished: Vec<RunSnapshotRef<'_>> = self
-            .created
-            .iter()
-            .filter_map(|id| self.runs.get(id))
-            .filter(|e| e.finalized && !e.archived)
-            .map(Entry::snapshot)
-            .collect();
-        let (writes, error) = store.archive_bodies(&finished);
+        // Children not yet in a segment go to new ones, or inline while few and still being
+        // read; newly finished runs are archived, and the snapshot only names both.
+        let mut segment_writes = Vec::new();
+        let mut error = None;
+        let mut finished = Vec::new();
+        let mut inline = Vec::new();
+        let mut archived = Vec::new();
+        for e in self.created.iter().filter_map(|id| self.runs.get(id)) {
+            if e.archived {
+                archived.push(ArchivedRunRef {
+                    id: &e.run.id,
+                    redrive_count: e.run.redrive_count,
+                });
+                continue;
+            }
+            let (new, tail) = e.unsaved_children(e.finalized);
+            for (segment, children) in &new {
+                match store.segment_body(&e.run.id, *segment, children) {
+                    Ok(w) => segment_writes.push(w),
+                    Err(err) => {
+                        error.get_or_insert(err);
+                    }
+                }
+            }
+            let new: Vec<SegmentRef> = new.into_iter().map(|(s, _)| s).collect();
+            let snap = e.snapshot(&new, tail);
+            if e.finalized {
+                finished.push(snap);
+                archived.push(ArchivedRunRef {
+                    id: &e.run.id,
+                    redrive_count: e.run.redrive_count,
+                });
+            } else {
+                inline.push(snap);
+            }
+        }
+        let (writes, archive_error) = store.archive_bodies(&finished);
         drop(finished);
-        if let Some(e) = error {
-            warn!(error = %e, "cannot serialise a finished map run; outcomes stay unacked");
+        if let Some(e) = error.or(archive_error) {
+            warn!(error = %e, "cannot serialise a map run; outcomes stay unacked");
             self.retry_save_at = Some(Instant::now() + SAVE_RETRY);
             return Some(SAVE_RETRY);
         }
         let archiving: Vec<ArchivedRun> = writes.iter().map(|w| w.archived.clone()).collect();
+        let segments: Vec<(RunId, SegmentRef)> = segment_writes
+            .iter()
+            .map(|w| (w.run.clone(), w.segment))
+            .collect();
         let generation = store.next_generation();
-        let body = {
-            let (archived, inline): (Vec<&Entry>, Vec<&Entry>) = self
-                .created
-                .iter()
-                .filter_map(|id| self.runs.get(id))
-                .partition(|e| e.archived || e.finalized);
-            let snap = SnapshotRef {
-                version: STATE_VERSION,
-                generation,
-                saved_ms: now_ms(),
-                runs: inline.into_iter().map(Entry::snapshot).collect(),
-                archived: archived
-                    .into_iter()
-                    .map(|e| ArchivedRunRef {
-                        id: &e.run.id,
-                        redrive_count: e.run.redrive_count,
-                    })
-                    .collect(),
-                open: &self.open,
-                admission: &self.admission,
-                republish: self.republish.iter().collect(),
-                opened: self.opened,
-                runs_finished: self.runs_finished,
-                executions_finished: self.executions_finished,
-            };
-            serde_json::to_vec(&snap)
-        };
+        let body = serde_json::to_vec(&SnapshotRef {
+            version: STATE_VERSION,
+            generation,
+            saved_ms: now_ms(),
+            runs: inline,
+            archived,
+            open: &self.open,
+            admission: &self.admission,
+            republish: self.republish.iter().collect(),
+            opened: self.opened,
+            runs_finished: self.runs_finished,
+            executions_finished: self.executions_finished,
+        });
         let body = match body {
             Ok(b) => b,
             Err(e) => {
@@ -586,11 +662,15 @@ impl Engine {
                 return Some(SAVE_RETRY);
             }
         };
+        let segment_puts = store.write_segments(segment_writes);
         let archives = store.write_archives(writes);
         let slot = store.write_slot(generation, body);
         let task = tokio::spawn(async move {
-            // The snapshot names the archives, so it is written only once they are durable.
-            if let (_, Some(e)) = archives.await {
+            // The snapshot names the segments and archives (which name segments too), so it
+            // is written only once they are all durable.
+            let (segments, (_, archive_error)) = futures::join!(segment_puts, archives);
+            segments?;
+            if let Some(e) = archive_error {
                 return Err(e);
             }
             slot.await
@@ -599,6 +679,7 @@ impl Engine {
         let saving = Saving {
             generation,
             archiving,
+            segments,
             acks: std::mem::take(&mut self.unacked),
             replies: std::mem::take(&mut self.deferred),
             started,
@@ -651,8 +732,15 @@ impl Engine {
                 e.archived = true;
             }
         }
-        if !saving.archiving.is_empty() {
-            // Their archives' buffers are gone now.
+        for (id, s) in &saving.segments {
+            if let Some(e) = self.runs.get_mut(id)
+                && e.segments.last().map_or(0, |l| l.end) == s.start
+            {
+                e.segments.push(*s);
+            }
+        }
+        if !saving.archiving.is_empty() || !saving.segments.is_empty() {
+            // Their archives' and segments' buffers are gone now.
             self.trimmer.freed();
         }
         for a in saving.acks {
@@ -1015,6 +1103,7 @@ impl Engine {
                 manifest_key: None,
                 open_order: None,
                 archived: false,
+                segments: Vec::new(),
             },
         );
         self.created.push(id.clone());
@@ -1633,13 +1722,36 @@ fn child_view(e: &Entry, execution: u32, with_history: bool) -> Option<ChildExec
 
 /// What the reconnect path relies on from the run state machine: an item published again
 /// after a lost session (same execution, same attempt) may be answered twice, and its
-/// outcomes or dead letter may arrive again — each changes the run at most once.
+/// outcomes or dead letter may arrive again — each changes the run at most once. And where
+/// a checkpoint puts a run's children.
 #[cfg(test)]
 mod tests {
     use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage, errors};
 
+    use super::{MAX_SEGMENT_CHILDREN, SEGMENT_CHILDREN, plan_segments};
     use crate::retry::{JitterStrategy, Retrier};
     use crate::run::{Applied, ChildSpec, MapRun, RunId, Tolerance};
+
+    #[test]
+    fn children_go_to_segments_once_read_or_many_and_inline_while_few() {
+        type Spans = (Vec<(usize, usize)>, Option<(usize, usize)>);
+        let plan = |unsaved: std::ops::Range<usize>, reading, all| -> Spans {
+            let (segments, inline) = plan_segments(unsaved, reading, all);
+            let span = |r: std::ops::Range<usize>| (r.start, r.end);
+            (segments.into_iter().map(span).collect(), inline.map(span))
+        };
+        let (few, many) = (SEGMENT_CHILDREN - 1, SEGMENT_CHILDREN);
+        assert_eq!(plan(7..7, true, true), (vec![], None), "all saved");
+        assert_eq!(plan(0..few, true, false), (vec![], Some((0, few))));
+        assert_eq!(plan(5..5 + many, true, false), (vec![(5, 5 + many)], None));
+        assert_eq!(plan(0..3, false, false), (vec![(0, 3)], None), "read");
+        assert_eq!(plan(0..3, true, true), (vec![(0, 3)], None), "archived");
+        let (max, big) = (MAX_SEGMENT_CHILDREN, 2 * MAX_SEGMENT_CHILDREN + 1);
+        assert_eq!(
+            plan(1..1 + big, false, false).0,
+            [(1, 1 + max), (1 + max, 1 + 2 * max), (1 + 2 * max, 1 + big)]
+        );
+    }
 
     fn run(children: u32, max_concurrency: u32, retry: Vec<Retrier>) -> MapRun {
         let mut r = MapRun::new(

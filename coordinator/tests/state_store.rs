@@ -1,14 +1,16 @@
 //! The checkpoint's two slots against the real loopback S3-protocol server: a torn newer
 //! slot falls back to the older one; a torn only copy or a store that refuses us stops the
 //! start instead of passing for a first start. Finished runs live in archive objects of
-//! their own that the checkpoint names; one gone missing stops the start too.
+//! their own that the checkpoint names, and runs' children in segment objects; one of
+//! either gone missing (or swapped for another's) stops the start too.
 
 use fleetmap_coordinator::ItemSource;
 use fleetmap_coordinator::admission::AdmissionControl;
 use fleetmap_coordinator::run::{ChildSpec, MapRun, RunId, Tolerance};
 use fleetmap_coordinator::spec::RunSpec;
 use fleetmap_coordinator::state::{
-    ArchivedRun, ArchivedRunRef, RunSnapshotRef, STATE_VERSION, SnapshotRef, StateError, StateStore,
+    ArchivedRun, ArchivedRunRef, RunSnapshotRef, STATE_VERSION, SegmentRef, SnapshotRef,
+    StateError, StateStore,
 };
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{S3Uri, ensure_bucket, put_bytes};
@@ -188,7 +190,29 @@ fn finished_run(id: &str, redrive_count: u32, children: u32) -> (MapRun, RunSpec
     (run, spec)
 }
 
-fn snapshot_ref<'a>(run: &'a MapRun, spec: &'a RunSpec) -> RunSnapshotRef<'a> {
+/// Writes children `ranges` (start, end) of `run` to segments, as the engine does before a checkpoint.
+async fn write_children(
+    store: &StateStore,
+    run: &MapRun,
+    ranges: &[(u64, u64)],
+) -> Vec<SegmentRef> {
+    let mut writes = Vec::new();
+    let mut refs = Vec::new();
+    for &(start, end) in ranges {
+        let s = SegmentRef { start, end };
+        let children = run.children_segment(start as usize..end as usize);
+        writes.push(store.segment_body(&run.id, s, &children).unwrap());
+        refs.push(s);
+    }
+    store.write_segments(writes).await.unwrap();
+    refs
+}
+
+fn snapshot_ref<'a>(
+    run: &'a MapRun,
+    spec: &'a RunSpec,
+    segments: Vec<SegmentRef>,
+) -> RunSnapshotRef<'a> {
     RunSnapshotRef {
         run,
         spec,
@@ -196,6 +220,8 @@ fn snapshot_ref<'a>(run: &'a MapRun, spec: &'a RunSpec) -> RunSnapshotRef<'a> {
         finalized: true,
         manifest_key: &None,
         open_order: Some(1),
+        segments,
+        tail: None,
     }
 }
 
@@ -230,8 +256,15 @@ async fn finished_runs_are_archived_once_and_read_back_in_the_named_order() {
     let mut store = StateStore::new(client.clone(), &prefix);
     let (a, a_spec) = finished_run("run-a", 0, 3);
     let (b, b_spec) = finished_run("run-b", 2, 5);
+    let (a_children, b_children) = (
+        write_children(&store, &a, &[(0, 3)]).await,
+        write_children(&store, &b, &[(0, 2), (2, 5)]).await,
+    );
     let (done, error) = store
-        .archive(&[snapshot_ref(&a, &a_spec), snapshot_ref(&b, &b_spec)])
+        .archive(&[
+            snapshot_ref(&a, &a_spec, a_children),
+            snapshot_ref(&b, &b_spec, b_children),
+        ])
         .await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(
@@ -281,6 +314,9 @@ async fn finished_runs_are_archived_once_and_read_back_in_the_named_order() {
         .collect();
     assert_eq!(back, [("run-a".into(), 0, 3), ("run-b".into(), 2, 5)]);
     assert!(snap.archived_runs.iter().all(|r| r.finalized));
+    let b_back = &snap.archived_runs[1].run;
+    assert_eq!(b_back.child(4).unwrap().key, "part-4.parquet");
+    assert_eq!(b_back.child(5), None);
     server.shutdown().await;
 }
 
@@ -313,7 +349,10 @@ async fn an_archive_of_another_run_is_refused_by_name() {
     let (server, client, prefix) = server().await;
     let mut store = StateStore::new(client.clone(), &prefix);
     let (a, a_spec) = finished_run("run-a", 0, 1);
-    let (done, error) = store.archive(&[snapshot_ref(&a, &a_spec)]).await;
+    let a_children = write_children(&store, &a, &[(0, 1)]).await;
+    let (done, error) = store
+        .archive(&[snapshot_ref(&a, &a_spec, a_children)])
+        .await;
     assert!(error.is_none(), "{error:?}");
     // Someone copies run-a's archive over run-b's name.
     let dir = server.root().join(BUCKET).join("coord").join("runs");
@@ -332,5 +371,160 @@ async fn an_archive_of_another_run_is_refused_by_name() {
     let msg = err.to_string();
     assert!(msg.contains("runs/run-b.0.json"), "{msg}");
     assert!(msg.contains("holds map run run-a"), "{msg}");
+    server.shutdown().await;
+}
+
+/// A checkpoint of `generation` holding `runs` inline.
+fn body_with_runs(generation: u64, runs: Vec<RunSnapshotRef<'_>>) -> Vec<u8> {
+    let admission = AdmissionControl::new(7);
+    serde_json::to_vec(&SnapshotRef {
+        version: STATE_VERSION,
+        generation,
+        saved_ms: 0,
+        runs,
+        archived: Vec::new(),
+        open: &[],
+        admission: &admission,
+        republish: Vec::new(),
+        opened: 1,
+        runs_finished: 0,
+        executions_finished: 0,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn children_are_written_once_in_segments_and_read_back_with_an_inline_tail() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let (run, spec) = finished_run("run-open", 0, 10);
+    let segments = write_children(&store, &run, &[(0, 4), (4, 7)]).await;
+    let dir = server
+        .root()
+        .join(BUCKET)
+        .join("coord")
+        .join("children")
+        .join("run-open");
+    assert!(dir.join("0-4.bin").is_file() && dir.join("4-7.bin").is_file());
+    let mut open = snapshot_ref(&run, &spec, segments);
+    open.finalized = false;
+    open.tail = Some(run.children_segment(7..10));
+    let generation = store.next_generation();
+    let body = body_with_runs(generation, vec![open]);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("part-6.parquet") && text.contains("part-7.parquet"),
+        "segments are named, the tail is inline: {text}"
+    );
+    store.save(generation, body).await.unwrap();
+
+    let snap = StateStore::new(client.clone(), &prefix)
+        .load()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    let back = &snap.runs[0];
+    assert_eq!(back.segments.len(), 2);
+    assert!(back.tail.is_none(), "the tail went back into the run");
+    let keys: Vec<&str> = (0..10).map(|i| back.run.child(i).unwrap().key).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("part-{i}.parquet")).collect();
+    assert_eq!(keys, want);
+    assert_eq!(back.run.child(10), None);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_swapped_segment_stops_the_start_and_names_it() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let (run, spec) = finished_run("run-x", 0, 6);
+    let (other, _) = finished_run("run-y", 0, 6);
+    let segments = write_children(&store, &run, &[(0, 3), (3, 6)]).await;
+    write_children(&store, &other, &[(0, 3)]).await;
+    let mut open = snapshot_ref(&run, &spec, segments);
+    open.finalized = false;
+    let generation = store.next_generation();
+    store
+        .save(generation, body_with_runs(generation, vec![open]))
+        .await
+        .unwrap();
+    let dir = server.root().join(BUCKET).join("coord").join("children");
+    let segment = dir.join("run-x").join("3-6.bin");
+    let saved = std::fs::read(&segment).unwrap();
+
+    std::fs::remove_file(&segment).unwrap();
+    let err = StateStore::new(client.clone(), &prefix)
+        .load()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("s3://state/coord/children/run-x/3-6.bin"),
+        "{msg}"
+    );
+    assert!(msg.contains("children 3..6 of map run run-x"), "{msg}");
+    assert!(msg.contains("missing"), "{msg}");
+
+    // Another run's segment under this one's name.
+    std::fs::write(&segment, &saved).unwrap();
+    let swapped = std::fs::read(dir.join("run-y").join("0-3.bin")).unwrap();
+    put_bytes(
+        &client,
+        BUCKET,
+        "coord/children/run-x/0-3.bin",
+        swapped.into(),
+        "application/octet-stream",
+    )
+    .await
+    .unwrap();
+    let err = StateStore::new(client.clone(), &prefix)
+        .load()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("children/run-x/0-3.bin"), "{msg}");
+    assert!(
+        msg.contains("holds children 0..3 of map run run-y"),
+        "{msg}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_state_version_2_checkpoint_is_read_with_its_inline_children() {
+    let (server, client, prefix) = server().await;
+    let (run, spec) = finished_run("run-v2", 0, 3);
+    // What version 2 wrote: the children inside the run, a letter and an attempt number
+    // per child. Built from this version's JSON, as the shapes are otherwise the same.
+    let mut open = snapshot_ref(&run, &spec, Vec::new());
+    open.finalized = false;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&body_with_runs(1, vec![open])).unwrap();
+    json["version"] = 2.into();
+    let r = &mut json["runs"][0];
+    r.as_object_mut().unwrap().remove("segments");
+    r["run"]["children"] = serde_json::to_value(run.children_segment(0..3)).unwrap();
+    r["run"]["states"] = "PPP".into();
+    r["run"]["attempts"] = serde_json::json!([0, 0, 0]);
+    put_bytes(
+        &client,
+        BUCKET,
+        "coord/coordinator-state.1.json",
+        serde_json::to_vec(&json).unwrap().into(),
+        "application/json",
+    )
+    .await
+    .unwrap();
+    let mut store = StateStore::new(client, &prefix);
+    let snap = store.load().await.unwrap().expect("a checkpoint");
+    let back = &snap.runs[0].run;
+    assert_eq!(back.counts().pending, 3);
+    assert_eq!(back.child(2).unwrap().key, "part-2.parquet");
+    assert!(
+        snap.runs[0].segments.is_empty(),
+        "the next save writes them"
+    );
+    assert_eq!(store.next_generation(), 2);
     server.shutdown().await;
 }
