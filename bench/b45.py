@@ -8,6 +8,7 @@ needs a build of its own. Each prints one JSON line per measurement for report.p
     python b45.py manifest URI N                   write a CSV-input manifest of N object URIs
     python b45.py b4 --api URL --manifest URI --bench B4-throughput --pids coord=P,noop=P,beam=P
     python b45.py coord-mem --api URL --pid P --manifest URI --runs R [--backlog B]
+                  [--clients C] [--state-dir DIR]
     python b45.py cpu PID...                       CPU seconds of these processes + descendants
     python b45.py fm-line [--api URL] BENCH DESCRIBE.json [FIELDS-JSON]   a fleetmap result line
     python b45.py merge FIELDS-JSON < lines        adds fields to each JSON line
@@ -240,27 +241,69 @@ def settle_rss(pid, secs=2.0):
     return proc_kib(pid, "VmRSS"), proc_kib(pid, "VmHWM")
 
 
+def start_all(a, labels):
+    """Starts one run per label from `a.clients` clients at once (each a connection of its
+    own, as separate callers would be), in order per client; returns the run ids in
+    `labels`' order. With --state-uri each StartMapRun is answered once a checkpoint holds
+    it, so one caller at a time measures checkpoint latency, several measure throughput."""
+    if a.clients <= 1:
+        api = Api(a.api)
+        return [api.start(a.manifest, a.max_concurrency, label) for label in labels]
+    from concurrent.futures import ThreadPoolExecutor
+    chunks = [labels[i::a.clients] for i in range(a.clients)]
+
+    def client(chunk):
+        api = Api(a.api)
+        return [api.start(a.manifest, a.max_concurrency, label) for label in chunk]
+
+    with ThreadPoolExecutor(a.clients) as pool:
+        done = list(pool.map(client, chunks))
+    ids = {}
+    for chunk, runs in zip(chunks, done):
+        ids.update(zip(chunk, runs))
+    return [ids[label] for label in labels]
+
+
+def checkpoint_files(state_dir):
+    """The checkpoint's size on the S3 server's disk: the larger slot, and the children
+    segments and archives beside it."""
+    out = {"checkpoint_bytes": 0, "segment_objects": 0, "segment_bytes": 0}
+    if not state_dir or not os.path.isdir(state_dir):
+        return out
+    for root, _, files in os.walk(state_dir):
+        for f in files:
+            size = os.path.getsize(os.path.join(root, f))
+            if f.startswith("coordinator-state."):
+                out["checkpoint_bytes"] = max(out["checkpoint_bytes"], size)
+            elif f.endswith(".bin"):
+                out["segment_objects"] += 1
+                out["segment_bytes"] += size
+    return out
+
+
 def cmd_coord_mem(a):
     api = Api(a.api)
     pid = a.pid
     rss0, _ = settle_rss(pid, 0.5)
     t0 = time.time()
-    runs = [api.start(a.manifest, a.max_concurrency, f"mem-open-{i}") for i in range(a.runs)]
+    runs = start_all(a, [f"mem-open-{i}" for i in range(a.runs)])
     t_started = time.time() - t0
     wait_items(api, runs, a.items)
     t_planned = time.time() - t0
     rss1, hwm1 = settle_rss(pid)
     out = {
         "tool": "fleetmap", "bench": a.bench, "open_runs": a.runs, "items_per_run": a.items,
+        "clients": a.clients, "state": bool(a.state_dir),
         "rss0_kib": rss0, "rss_open_kib": rss1, "hwm_open_kib": hwm1,
         "bytes_per_open_item": round((rss1 - rss0) * 1024 / (a.runs * a.items), 1),
         "bytes_per_open_run_incl_items": round((rss1 - rss0) * 1024 / a.runs),
         "start_seconds": round(t_started, 2), "planned_seconds": round(t_planned, 2),
     }
+    if a.state_dir:
+        out.update({k + "_open": v for k, v in checkpoint_files(a.state_dir).items()})
     if a.backlog:
         t1 = time.time()
-        for i in range(a.backlog):
-            api.start(a.manifest, a.max_concurrency, f"mem-backlog-{i}")
+        start_all(a, [f"mem-backlog-{i}" for i in range(a.backlog)])
         while api.call("GET", "/v1/admission")["backlogSize"] < a.backlog:
             time.sleep(0.5)
         rss2, hwm2 = settle_rss(pid)
@@ -269,6 +312,8 @@ def cmd_coord_mem(a):
             "bytes_per_backlog_run": round((rss2 - rss1) * 1024 / a.backlog),
             "backlog_start_seconds": round(time.time() - t1, 2),
         })
+        if a.state_dir:
+            out.update(checkpoint_files(a.state_dir))
     out["cpu_seconds"] = round(cpu(pid), 2)
     out["load"] = loadavg()
     print(json.dumps(out), flush=True)
@@ -296,6 +341,8 @@ def main():
     c.add_argument("--backlog", type=int, default=0)
     c.add_argument("--max-concurrency", type=int, default=1)
     c.add_argument("--bench", default="B5-coordinator")
+    c.add_argument("--clients", type=int, default=1)
+    c.add_argument("--state-dir", default="")
     c = sub.add_parser("cpu")
     c.add_argument("pids", nargs="+")
     c = sub.add_parser("cpu-by")

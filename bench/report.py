@@ -111,4 +111,17 @@ for name, field, what, target in (
         if field == "bytes_per_backlog_run":
             scale = f"{r['backlog_runs']:,} backlogged runs"
         out.append(f"| {name} | {what} ({scale}) | {v:,.0f} B (n={n}) | — | — | {target} |")
+for name, field, what, unit in (
+        ("B5-coord-state", "start_seconds", "StartMapRun of every open run, each answered once durable", "s"),
+        ("B5-coord-state", "backlog_start_seconds", "StartMapRun of every backlogged run", "s"),
+        ("B5-coord-state", "checkpoint_bytes", "checkpoint size with every run started", "B"),
+        ("B5-coord-state", "segment_bytes", "children segments, written once", "B"),
+        ("B5-coord-state", "bytes_per_open_item", "coordinator bytes per pending item", "B")):
+    v, n = med(name, "fleetmap", field)
+    if n:
+        r = runs[(name, "fleetmap")][0]
+        scale = (f"`--state-uri`, {r['open_runs']:,} open runs × {r['items_per_run']:,} items + "
+                 f"{r.get('backlog_runs', 0):,} backlogged, {r['clients']} clients")
+        shown = f"{v:,.2f} s" if unit == "s" else f"{v:,.0f} B"
+        out.append(f"| {name} | {what} ({scale}) | {shown} (n={n}) | — | — | (info) |")
 print("\n".join(out))

@@ -15,7 +15,8 @@
 #     `fleetmap-bench noop-worker`; child executions/s over 50,000 items, and the time to
 #     the first child execution of a 100-item run (bench/b45.py).
 # B5  worker peak RSS (/usr/bin/time -v, and VmRSS sampled) on one ~2 GB and one ~20 MB
-#     file; coordinator RSS with 1,000 open runs x 10,000 items + 10,000 backlogged runs.
+#     file; coordinator RSS with 1,000 open runs x 10,000 items + 10,000 backlogged runs,
+#     in memory and then with --state-uri (how long starting them takes, checkpoint size).
 #
 # Full data set: 20,016,000 readings (1000 devices x 834 days hourly) in 20 files, ~1 GB.
 # --quick: 2,001,600 readings (100 devices x 834 days), 200 tiny files, B4 over 10,000
@@ -354,7 +355,19 @@ if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
     --backlog $MEMBACKLOG >> "$RESULTS"
   stop_proc coordinator 30
   rabbitmqctl -q purge_queue "$FLEETMAP_QUEUE_PREFIX.items" >/dev/null 2>&1 || true
-
+  # 3) the same with --state-uri: every StartMapRun is answered once a checkpoint holds it,
+  # so this measures what the checkpoint costs at the scale (its size, the children
+  # segments written once beside it), with 16 callers starting runs at once.
+  log "B5 coordinator, --state-uri: $MEMRUNS open runs x 10,000 items + $MEMBACKLOG in the backlog"
+  B5STATE="fleetmap-state/$FLEETMAP_QUEUE_PREFIX-b5"
+  rm -rf "${RUN_DIR:?}/s3/$RESULTS_BUCKET/$B5STATE"
+  coordinator_up coordinator --open-map-run-limit "$MEMRUNS" --state-uri "s3://$RESULTS_BUCKET/$B5STATE/"
+  "$PY" "$BENCH/b45.py" coord-mem --api "$API" --pid "$(pid_of coordinator)" --bench B5-coord-state \
+    --manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" --items 10000 --runs "$MEMRUNS" \
+    --backlog $MEMBACKLOG --clients 16 --state-dir "$RUN_DIR/s3/$RESULTS_BUCKET/$B5STATE" >> "$RESULTS"
+  stop_proc coordinator 30
+  rabbitmqctl -q purge_queue "$FLEETMAP_QUEUE_PREFIX.items" >/dev/null 2>&1 || true
+  rm -rf "${RUN_DIR:?}/s3/$RESULTS_BUCKET/$B5STATE"
 fi
 
 if want B5 && [[ " $B5_PARTS " == *" worker "* ]]; then
