@@ -331,7 +331,7 @@ if want B4; then
   rm -rf "$RUN_DIR/s3/$RESULTS_BUCKET/fleetmap-state"
 fi
 
-B5_PARTS=${BENCH_B5_PARTS:-"coord worker"}   # either or both
+B5_PARTS=${BENCH_B5_PARTS:-"coord state worker"}   # any of them
 if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
   # Coordinator memory, no workers (nothing consumes; each run has MaxConcurrency 1, so one
   # item per open run waits in RabbitMQ). 1) open runs of one item: bytes per open run;
@@ -355,7 +355,12 @@ if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
     --backlog $MEMBACKLOG >> "$RESULTS"
   stop_proc coordinator 30
   rabbitmqctl -q purge_queue "$FLEETMAP_QUEUE_PREFIX.items" >/dev/null 2>&1 || true
-  # 3) the same with --state-uri: every StartMapRun is answered once a checkpoint holds it,
+fi
+if want B5 && [[ " $B5_PARTS " == *" state "* ]]; then
+  if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=1000; MEMBACKLOG=10000; fi
+  MEMRUNS=${BENCH_COORD_OPEN_RUNS:-$MEMRUNS}
+  "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" 10000
+  # 3) the coordinator's second step again, with --state-uri: every StartMapRun is answered once a checkpoint holds it,
   # so this measures what the checkpoint costs at the scale (its size, the children
   # segments written once beside it), with 16 callers starting runs at once.
   log "B5 coordinator, --state-uri: $MEMRUNS open runs x 10,000 items + $MEMBACKLOG in the backlog"

@@ -44,7 +44,7 @@ use crate::metrics as m;
 use crate::reader::{ReaderError, read_items, read_layouts};
 use crate::result_writer::{self, ResultWriterError, map_run_arn};
 use crate::run::{
-    Applied, ChildSegment, ChildSpec, ExecState, MapRun, RunId, RunStatus, Tolerance,
+    Applied, ChildSegment, ChildSpec, ExecRecord, ExecState, MapRun, RunId, RunStatus, Tolerance,
 };
 use crate::spec::{RunSpec, validate};
 use crate::state::{
@@ -92,6 +92,9 @@ const CHECKPOINT_COST_RATIO: u32 = 3;
 /// stretch would make thousands of objects of a big listing, and what is inline costs every
 /// checkpoint its bytes.
 const SEGMENT_CHILDREN: usize = 4096;
+/// Finished executions' records a checkpoint carries inline, at most, before they go to a
+/// record segment of their own: ~1 MB of JSON a segment.
+const RECORD_SEGMENT: usize = 4096;
 /// After a checkpoint write fails, the next attempt waits this long.
 const SAVE_RETRY: Duration = Duration::from_millis(500);
 
@@ -102,6 +105,8 @@ struct Saving {
     archiving: Vec<ArchivedRun>,
     /// The children segments it writes (and its snapshot names).
     segments: Vec<(RunId, SegmentRef)>,
+    /// The record segments it writes: run, sequence number, record writes covered.
+    record_segments: Vec<(RunId, u32, usize)>,
     /// Outcomes whose effects the snapshot holds: acked once it is durable.
     acks: Vec<lapin::Acker>,
     /// API replies that wait for the snapshot.
@@ -335,6 +340,17 @@ struct Entry {
     archived: bool,
     /// The run's children segments known durable, in order from the first child.
     segments: Vec<SegmentRef>,
+    /// The run's record segments known durable, in the order written.
+    record_segments: Vec<u32>,
+}
+
+/// What a checkpoint holds of a run beside the run itself: every segment, those it writes
+/// now included, and what it carries inline.
+struct RunParts<'a> {
+    segments: Vec<SegmentRef>,
+    tail: Option<ChildSegment>,
+    record_segments: Vec<u32>,
+    records: Vec<&'a ExecRecord>,
 }
 
 /// Where a checkpoint puts children `unsaved` (those after the run's last durable segment):
@@ -381,8 +397,8 @@ impl Entry {
         (new, inline.map(|r| self.run.children_segment(r)))
     }
 
-    /// The run as a checkpoint or archive holds it, naming its durable segments, then `new`.
-    fn snapshot(&self, new: &[SegmentRef], tail: Option<ChildSegment>) -> RunSnapshotRef<'_> {
+    /// The run as a checkpoint or archive holds it.
+    fn snapshot<'a>(&'a self, parts: RunParts<'a>) -> RunSnapshotRef<'a> {
         RunSnapshotRef {
             run: &self.run,
             spec: &self.spec,
@@ -390,8 +406,10 @@ impl Entry {
             finalized: self.finalized,
             manifest_key: &self.manifest_key,
             open_order: self.open_order,
-            segments: self.segments.iter().chain(new).copied().collect(),
-            tail,
+            segments: parts.segments,
+            tail: parts.tail,
+            record_segments: parts.record_segments,
+            records: parts.records,
         }
     }
 }
@@ -525,6 +543,7 @@ impl Engine {
                     open_order: r.open_order,
                     archived,
                     segments: r.segments,
+                    record_segments: r.record_segments,
                 },
             );
         }
@@ -595,6 +614,7 @@ impl Engine {
         // Children not yet in a segment go to new ones, or inline while few and still being
         // read; newly finished runs are archived, and the snapshot only names both.
         let mut segment_writes = Vec::new();
+        let mut record_writes = Vec::new();
         let mut error = None;
         let mut finished = Vec::new();
         let mut inline = Vec::new();
@@ -616,8 +636,34 @@ impl Engine {
                     }
                 }
             }
-            let new: Vec<SegmentRef> = new.into_iter().map(|(s, _)| s).collect();
-            let snap = e.snapshot(&new, tail);
+            let segments = e
+                .segments
+                .iter()
+                .copied()
+                .chain(new.into_iter().map(|(s, _)| s))
+                .collect();
+            // Records logged since the last record segment: a new one when they are many
+            // or the run is being archived, else inline.
+            let logged = e.run.record_log_len();
+            let mut record_segments = e.record_segments.clone();
+            let mut records = e.run.logged_records(logged);
+            if logged >= RECORD_SEGMENT || (e.finalized && logged > 0) {
+                let seq = e.record_segments.last().map_or(0, |s| s + 1);
+                let segment = std::mem::take(&mut records);
+                match store.record_body(&e.run.id, seq, logged, segment) {
+                    Ok(w) => record_writes.push(w),
+                    Err(err) => {
+                        error.get_or_insert(err);
+                    }
+                }
+                record_segments.push(seq);
+            }
+            let snap = e.snapshot(RunParts {
+                segments,
+                tail,
+                record_segments,
+                records,
+            });
             if e.finalized {
                 finished.push(snap);
                 archived.push(ArchivedRunRef {
@@ -639,6 +685,10 @@ impl Engine {
         let segments: Vec<(RunId, SegmentRef)> = segment_writes
             .iter()
             .map(|w| (w.run.clone(), w.segment))
+            .collect();
+        let record_segments: Vec<(RunId, u32, usize)> = record_writes
+            .iter()
+            .map(|w| (w.run.clone(), w.seq, w.logged))
             .collect();
         let generation = store.next_generation();
         let body = serde_json::to_vec(&SnapshotRef {
@@ -662,7 +712,7 @@ impl Engine {
                 return Some(SAVE_RETRY);
             }
         };
-        let segment_puts = store.write_segments(segment_writes);
+        let segment_puts = store.write_segments(segment_writes, record_writes);
         let archives = store.write_archives(writes);
         let slot = store.write_slot(generation, body);
         let task = tokio::spawn(async move {
@@ -680,6 +730,7 @@ impl Engine {
             generation,
             archiving,
             segments,
+            record_segments,
             acks: std::mem::take(&mut self.unacked),
             replies: std::mem::take(&mut self.deferred),
             started,
@@ -739,7 +790,18 @@ impl Engine {
                 e.segments.push(*s);
             }
         }
-        if !saving.archiving.is_empty() || !saving.segments.is_empty() {
+        for (id, seq, logged) in &saving.record_segments {
+            if let Some(e) = self.runs.get_mut(id)
+                && e.record_segments.last().map_or(0, |l| l + 1) == *seq
+            {
+                e.record_segments.push(*seq);
+                e.run.trim_record_log(*logged);
+            }
+        }
+        if !saving.archiving.is_empty()
+            || !saving.segments.is_empty()
+            || !saving.record_segments.is_empty()
+        {
             // Their archives' and segments' buffers are gone now.
             self.trimmer.freed();
         }
@@ -1083,7 +1145,7 @@ impl Engine {
     fn start(&mut self, spec: RunSpec) -> Result<RunId, CoordinatorError> {
         let writer_prefix = validate(&spec)?;
         let id = RunId(uuid::Uuid::new_v4().simple().to_string());
-        let run = MapRun::new(
+        let mut run = MapRun::new(
             id.clone(),
             spec.label.clone(),
             spec.max_concurrency,
@@ -1091,6 +1153,9 @@ impl Engine {
             now_ms(),
         )
         .with_retry(spec.retry.clone());
+        if self.store.is_some() {
+            run.log_records();
+        }
         info!(run = %id, source = %spec.source.describe(), max_concurrency = spec.max_concurrency, "map run created");
         self.runs.insert(
             id.clone(),
@@ -1104,6 +1169,7 @@ impl Engine {
                 open_order: None,
                 archived: false,
                 segments: Vec::new(),
+                record_segments: Vec::new(),
             },
         );
         self.created.push(id.clone());

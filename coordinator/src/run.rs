@@ -576,7 +576,15 @@ pub struct MapRun {
     waiting: HashMap<u32, i64>,
     retries_used: HashMap<u32, Vec<u32>>,
     counts: Counts,
+    /// Not serialised with the run: a checkpoint keeps them in segment objects and inline
+    /// beside it (see [`MapRun::log_records`]), restored by [`MapRun::restore_records`].
+    /// Read when present, as state version 2 wrote them inline.
+    #[serde(default, skip_serializing)]
     records: BTreeMap<u32, ExecRecord>,
+    /// Executions whose record was written since the log was last trimmed, in order, while
+    /// [`MapRun::log_records`] is on: what the next checkpoint must save.
+    #[serde(skip)]
+    record_log: Option<Vec<u32>>,
     /// Stored events, only for executions whose history [`MapRun::history`] cannot rebuild
     /// from the run and the record: running ones, and those that failed, retried, were
     /// redriven or aborted mid-flight. `ExecutionQueued` is never stored.
@@ -633,6 +641,7 @@ impl MapRun {
             retries_used: HashMap::new(),
             counts: Counts::default(),
             records: BTreeMap::new(),
+            record_log: None,
             history: HashMap::new(),
             redrive_count: 0,
             redrive_ms: None,
@@ -822,6 +831,9 @@ impl MapRun {
         };
         self.history.clear();
         self.records.clear();
+        if let Some(log) = &mut self.record_log {
+            log.clear();
+        }
         self.reading = false;
     }
 
@@ -856,6 +868,75 @@ impl MapRun {
             ));
         }
         Ok(())
+    }
+
+    fn insert_record(&mut self, record: ExecRecord) {
+        if let Some(log) = &mut self.record_log {
+            log.push(record.execution);
+        }
+        self.records.insert(record.execution, record);
+    }
+
+    /// Logs the executions whose record is written from now on, for a coordinator that
+    /// checkpoints: records never change once written (a redrive removes a failed one and
+    /// a new one comes), so a checkpoint saves only those logged since its last segment.
+    pub fn log_records(&mut self) {
+        self.record_log.get_or_insert_with(Vec::new);
+    }
+
+    /// How many record writes are logged.
+    pub fn record_log_len(&self) -> usize {
+        self.record_log.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The records written by the first `n` logged writes, once each, by execution; a
+    /// record a redrive has removed since is left out.
+    pub fn logged_records(&self, n: usize) -> Vec<&ExecRecord> {
+        let Some(log) = &self.record_log else {
+            return Vec::new();
+        };
+        let executions: BTreeSet<u32> = log.iter().take(n).copied().collect();
+        executions
+            .iter()
+            .filter_map(|e| self.records.get(e))
+            .collect()
+    }
+
+    /// Forgets the first `n` logged writes: their records are in a durable segment.
+    pub fn trim_record_log(&mut self, n: usize) {
+        if let Some(log) = &mut self.record_log {
+            log.drain(..n.min(log.len()));
+            if log.capacity() > 4 * log.len().max(64) {
+                log.shrink_to_fit();
+            }
+        }
+    }
+
+    /// After a run is read back from a checkpoint: its records, those of segments in the
+    /// order written, then the inline ones (a later record of an execution wins). Only a finished
+    /// execution has one, so a record whose execution is no longer finished (a redrive
+    /// made it pending after that record was saved) is dropped.
+    /// Turns [`MapRun::log_records`] on, and logs the inline records (and those state
+    /// version 2 held in the run) again, as no segment holds them yet.
+    pub fn restore_records(
+        &mut self,
+        segments: impl IntoIterator<Item = ExecRecord>,
+        inline: impl IntoIterator<Item = ExecRecord>,
+    ) {
+        let held = std::mem::take(&mut self.records);
+        self.log_records();
+        for r in segments {
+            self.records.insert(r.execution, r);
+        }
+        for r in held.into_values().chain(inline) {
+            self.insert_record(r);
+        }
+        let states = &self.states;
+        self.records.retain(|&e, _| {
+            states
+                .get(e as usize)
+                .is_some_and(|s| !matches!(s, ExecState::Pending | ExecState::Running))
+        });
     }
 
     /// The item reader starts (or, after a restart or a redrive, resumes) adding children
@@ -1207,7 +1288,7 @@ impl MapRun {
         self.states[i] = record.state;
         self.retries_used.remove(&record.execution);
         let execution = record.execution;
-        self.records.insert(execution, record);
+        self.insert_record(record);
         self.forget_ordinary_history(execution);
         self.check_tolerance(now_ms);
     }
@@ -1254,24 +1335,21 @@ impl MapRun {
                 if self.history.contains_key(&(i as u32)) || attempt > 0 {
                     self.event(i as u32, now_ms, "ExecutionAborted", attempt, None);
                 }
-                self.records.insert(
-                    i as u32,
-                    ExecRecord {
-                        execution: i as u32,
-                        attempt,
-                        state: ExecState::Aborted,
-                        worker_id: None,
-                        dispatched_ms: None,
-                        started_ms: None,
-                        finished_ms: Some(now_ms),
-                        bytes_read: 0,
-                        readings: 0,
-                        anomalies: AnomalyCounts::default(),
-                        result_key: None,
-                        error: None,
-                        cause: None,
-                    },
-                );
+                self.insert_record(ExecRecord {
+                    execution: i as u32,
+                    attempt,
+                    state: ExecState::Aborted,
+                    worker_id: None,
+                    dispatched_ms: None,
+                    started_ms: None,
+                    finished_ms: Some(now_ms),
+                    bytes_read: 0,
+                    readings: 0,
+                    anomalies: AnomalyCounts::default(),
+                    result_key: None,
+                    error: None,
+                    cause: None,
+                });
             }
         }
         self.counts.aborted += self.counts.pending + self.counts.running;
@@ -1820,6 +1898,53 @@ mod tests {
         let bad = json.replace("\"P3\"", "\"PXP\"");
         let err = serde_json::from_str::<MapRun>(&bad).unwrap_err();
         assert!(err.to_string().contains("'X'"), "{err}");
+    }
+
+    #[test]
+    fn records_are_logged_once_each_and_a_redriven_execution_loses_its_saved_record() {
+        let mut r = run(3, 3, Tolerance::default());
+        r.log_records();
+        drain(&mut r);
+        r.apply_outcome(&ok(0, 1, 5), 2);
+        r.apply_outcome(&failed(1, 1), 2); // fails the run, aborting execution 2
+        assert_eq!(r.status(), RunStatus::Failed);
+        assert_eq!(r.record_log_len(), 3);
+        // What a checkpoint saves in a record segment, through JSON as it does.
+        let saved: Vec<ExecRecord> =
+            serde_json::from_str(&serde_json::to_string(&r.logged_records(3)).unwrap()).unwrap();
+        assert_eq!(
+            saved.iter().map(|x| x.execution).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        r.trim_record_log(3);
+        assert_eq!(r.record_log_len(), 0);
+        assert!(r.logged_records(3).is_empty());
+
+        r.redrive(3).unwrap();
+        assert_eq!(r.record(1), None, "the redrive removed the failed record");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("\"k0\""),
+            "records are not in the run's JSON: {json}"
+        );
+        let mut back: MapRun = serde_json::from_str(&json).unwrap();
+        back.restore_children([r.children_segment(0..3)]).unwrap();
+        back.restore_records(saved, []);
+        assert_eq!(back.record(0).map(|x| x.readings), Some(5));
+        assert_eq!(
+            (back.record(1), back.record(2)),
+            (None, None),
+            "pending again"
+        );
+        assert_eq!(back.record_log_len(), 0, "all of it was in a segment");
+
+        // Inline records (and state version 2's, held in the run) are logged again: no
+        // segment holds them yet, so the next checkpoint must carry them.
+        let mut again: MapRun = serde_json::from_str(&json).unwrap();
+        let inline = r.record(0).cloned();
+        again.restore_records([], inline);
+        assert_eq!(again.record_log_len(), 1);
+        assert_eq!(again.logged_records(1)[0].execution, 0);
     }
 
     /// Parses a run's JSON with `field` replaced by `value`.

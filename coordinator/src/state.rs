@@ -12,7 +12,9 @@
 //! executions read) never change once planned, and were 93 % of a checkpoint's bytes at
 //! 10,000 children a run, so they too are written once, in segments of their own
 //! (`children/<id>/<start>-<end>.bin`, bincode), before the first checkpoint (or archive)
-//! that names them; only a run still being read carries its newest few inline. Two objects take turns (`coordinator-state.0.json`, `.1.json`, chosen by
+//! that names them; only a run still being read carries its newest few inline. Finished
+//! child executions' records, which never change once written either, go the same way
+//! (`records/<id>/<seq>.json`) a few thousand at a time, the newest inline. Two objects take turns (`coordinator-state.0.json`, `.1.json`, chosen by
 //! the snapshot's generation), so a save never overwrites the last one that succeeded: a
 //! store that is not atomic (or a writer killed mid-PUT on one) can tear at most the newer
 //! object, one whose PUT was never confirmed and so covers nothing acked or answered, and
@@ -31,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::admission::AdmissionControl;
-use crate::run::{ChildSegment, MapRun, RunId};
+use crate::run::{ChildSegment, ExecRecord, MapRun, RunId};
 use crate::spec::RunSpec;
 
 /// Bump when the snapshot's shape changes incompatibly.
@@ -72,6 +74,33 @@ pub struct RunSnapshot {
     /// Children after the last segment, held here while the run is still being read.
     #[serde(default)]
     pub tail: Option<ChildSegment>,
+    /// The run's record segments (`records/<id>/<seq>.json`), in the order written.
+    #[serde(default)]
+    pub record_segments: Vec<u32>,
+    /// Records written since the last record segment.
+    #[serde(default)]
+    pub records: Vec<ExecRecord>,
+}
+
+/// The body of a record segment: finished child executions' records, in JSON like the
+/// checkpoint (a record's optional fields are left out, which bincode cannot do).
+#[derive(Serialize, Deserialize)]
+struct RecordSegment<R> {
+    version: u32,
+    run: RunId,
+    seq: u32,
+    records: Vec<R>,
+}
+
+/// A record segment serialised for [`StateStore::write_segments`].
+pub struct RecordWrite {
+    pub run: RunId,
+    pub seq: u32,
+    /// How many logged record writes it covers ([`MapRun::trim_record_log`] once durable).
+    pub logged: usize,
+    key: String,
+    uri: String,
+    body: Vec<u8>,
 }
 
 /// One segment object of a run's children: children `start..end`.
@@ -251,6 +280,8 @@ impl StateStore {
             snap.archived_runs = self.load_archived(&snap.archived).await?;
             self.load_children(&mut snap.runs).await?;
             self.load_children(&mut snap.archived_runs).await?;
+            self.load_records(&mut snap.runs).await?;
+            self.load_records(&mut snap.archived_runs).await?;
         }
         Ok(newest)
     }
@@ -310,6 +341,76 @@ impl StateStore {
         Ok(())
     }
 
+    fn record_object(id: &RunId, seq: u32) -> String {
+        format!("records/{id}/{seq}.json")
+    }
+
+    /// Reads the record segments `runs` name and gives each run its records back
+    /// ([`MapRun::restore_records`]). Like children segments, each was durable before the
+    /// checkpoint naming it, so one missing or of another run stops the start.
+    async fn load_records(&self, runs: &mut [RunSnapshot]) -> Result<(), StateError> {
+        let reads: Vec<_> = runs
+            .iter()
+            .flat_map(|r| r.record_segments.iter().map(|&seq| (r.run.id.clone(), seq)))
+            .map(|(id, seq)| {
+                let object = Self::record_object(&id, seq);
+                read_records(
+                    self.s3.clone(),
+                    self.bucket.clone(),
+                    self.key(&object),
+                    self.uri_of(&object),
+                    id,
+                    seq,
+                )
+            })
+            .collect();
+        let mut segments = futures::stream::iter(reads).buffered(ARCHIVE_IO);
+        for r in runs {
+            let mut saved = Vec::new();
+            for _ in &r.record_segments {
+                let records = segments.next().await.ok_or_else(|| StateError::Corrupt {
+                    uri: self.uri(),
+                    reason: "a record segment read was lost".into(),
+                })??;
+                saved.extend(records);
+            }
+            let inline = std::mem::take(&mut r.records);
+            r.run.restore_records(saved, inline);
+        }
+        Ok(())
+    }
+
+    /// Serialises the records of run `id`'s segment `seq`, covering `logged` record writes.
+    pub fn record_body(
+        &self,
+        id: &RunId,
+        seq: u32,
+        logged: usize,
+        records: Vec<&ExecRecord>,
+    ) -> Result<RecordWrite, StateError> {
+        let object = Self::record_object(id, seq);
+        let body = RecordSegment {
+            version: STATE_VERSION,
+            run: id.clone(),
+            seq,
+            records,
+        };
+        match serde_json::to_vec(&body) {
+            Ok(body) => Ok(RecordWrite {
+                run: id.clone(),
+                seq,
+                logged,
+                key: self.key(&object),
+                uri: self.uri_of(&object),
+                body,
+            }),
+            Err(e) => Err(StateError::Corrupt {
+                uri: self.uri_of(&object),
+                reason: format!("cannot serialise map run {id}'s records: {e}"),
+            }),
+        }
+    }
+
     /// Serialises children `segment` of run `id` for [`StateStore::write_segments`].
     pub fn segment_body(
         &self,
@@ -339,29 +440,34 @@ impl StateStore {
         }
     }
 
-    /// Writes serialised segments, [`ARCHIVE_IO`] at a time, owning all it needs so the
-    /// coordinator can run it beside its event loop. All or an error: a checkpoint names
-    /// every segment it wrote.
+    /// Writes serialised children and record segments, [`ARCHIVE_IO`] at a time, owning
+    /// all it needs so the coordinator can run it beside its event loop. All or an error: a
+    /// checkpoint names every segment it wrote.
     pub fn write_segments(
         &self,
-        writes: Vec<SegmentWrite>,
+        children: Vec<SegmentWrite>,
+        records: Vec<RecordWrite>,
     ) -> impl Future<Output = Result<(), StateError>> + Send + 'static {
         let (s3, bucket) = (self.s3.clone(), self.bucket.clone());
+        let writes: Vec<ObjectWrite> = children
+            .into_iter()
+            .map(|w| ObjectWrite {
+                key: w.key,
+                uri: w.uri,
+                body: w.body,
+                content_type: "application/octet-stream",
+            })
+            .chain(records.into_iter().map(|w| ObjectWrite {
+                key: w.key,
+                uri: w.uri,
+                body: w.body,
+                content_type: "application/json",
+            }))
+            .collect();
         async move {
-            let puts = writes.into_iter().map(|w| {
-                let (s3, bucket) = (s3.clone(), bucket.clone());
-                async move {
-                    put_bytes(
-                        &s3,
-                        &bucket,
-                        &w.key,
-                        Bytes::from(w.body),
-                        "application/octet-stream",
-                    )
-                    .await
-                    .map_err(|source| StateError::Store { uri: w.uri, source })
-                }
-            });
+            let puts = writes
+                .into_iter()
+                .map(|w| put_object(s3.clone(), bucket.clone(), w));
             futures::stream::iter(puts)
                 .buffer_unordered(ARCHIVE_IO)
                 .try_collect::<()>()
@@ -648,6 +754,60 @@ async fn read_segment(
     Ok(segment.children)
 }
 
+/// One object a checkpoint writes before its slot.
+struct ObjectWrite {
+    key: String,
+    uri: String,
+    body: Vec<u8>,
+    content_type: &'static str,
+}
+
+async fn put_object(s3: Client, bucket: String, w: ObjectWrite) -> Result<(), StateError> {
+    put_bytes(&s3, &bucket, &w.key, Bytes::from(w.body), w.content_type)
+        .await
+        .map_err(|source| StateError::Store { uri: w.uri, source })
+}
+
+/// Reads one record segment and checks it is the one the checkpoint names.
+async fn read_records(
+    s3: Client,
+    bucket: String,
+    key: String,
+    uri: String,
+    id: RunId,
+    seq: u32,
+) -> Result<Vec<ExecRecord>, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        uri: uri.clone(),
+        reason,
+    };
+    let body = match get_bytes(&s3, &bucket, &key).await {
+        Ok(body) => body,
+        Err(ObjStoreError::NotFound { .. }) => {
+            return Err(corrupt(format!(
+                "the checkpoint names record segment {seq} of map run {id} but it is missing"
+            )));
+        }
+        Err(e) if e.is_checksum_mismatch() => return Err(corrupt(e.to_string())),
+        Err(source) => return Err(StateError::Store { uri, source }),
+    };
+    let segment: RecordSegment<ExecRecord> =
+        serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
+    if !READABLE_VERSIONS.contains(&segment.version) {
+        return Err(corrupt(format!(
+            "state version {} is not one of {READABLE_VERSIONS:?}, which this build reads",
+            segment.version
+        )));
+    }
+    if segment.run != id || segment.seq != seq {
+        return Err(corrupt(format!(
+            "holds record segment {} of map run {}, not {seq} of {id}, which the checkpoint names",
+            segment.seq, segment.run
+        )));
+    }
+    Ok(segment.records)
+}
+
 /// A finished run's archive, serialised ([`StateStore::archive_bodies`]).
 pub struct ArchiveWrite {
     pub archived: ArchivedRun,
@@ -705,6 +865,10 @@ pub struct RunSnapshotRef<'a> {
     pub segments: Vec<SegmentRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tail: Option<ChildSegment>,
+    /// Every record segment of the run, those written with this checkpoint included.
+    pub record_segments: Vec<u32>,
+    /// Records no segment holds.
+    pub records: Vec<&'a ExecRecord>,
 }
 
 /// The same shape as [`ArchivedRun`], borrowed.

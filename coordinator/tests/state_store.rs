@@ -15,6 +15,7 @@ use fleetmap_coordinator::state::{
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{S3Uri, ensure_bucket, put_bytes};
 use fleetmap_protocol::ResultTarget;
+use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage};
 
 const BUCKET: &str = "state";
 
@@ -204,7 +205,7 @@ async fn write_children(
         writes.push(store.segment_body(&run.id, s, &children).unwrap());
         refs.push(s);
     }
-    store.write_segments(writes).await.unwrap();
+    store.write_segments(writes, Vec::new()).await.unwrap();
     refs
 }
 
@@ -222,6 +223,8 @@ fn snapshot_ref<'a>(
         open_order: Some(1),
         segments,
         tail: None,
+        record_segments: Vec::new(),
+        records: Vec::new(),
     }
 }
 
@@ -526,5 +529,96 @@ async fn a_state_version_2_checkpoint_is_read_with_its_inline_children() {
         "the next save writes them"
     );
     assert_eq!(store.next_generation(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn records_are_written_once_in_segments_and_read_back_with_the_inline_rest() {
+    let (server, client, prefix) = server().await;
+    let mut store = StateStore::new(client.clone(), &prefix);
+    let (mut run, spec) = finished_run("run-r", 0, 6);
+    run.log_records();
+    run.open(1);
+    while run.next_dispatch(2).is_some() {}
+    for execution in 0..4 {
+        run.apply_outcome(
+            &OutcomeMessage {
+                run_id: "run-r".into(),
+                execution,
+                attempt: 1,
+                worker_id: "w".into(),
+                started_ms: 2,
+                finished_ms: 3,
+                bytes_read: 10,
+                status: ItemStatus::Succeeded {
+                    readings: 24,
+                    anomalies: AnomalyCounts::default(),
+                    devices: Vec::new(),
+                    devices_truncated: false,
+                    result_key: format!("analytics/run-r/{execution}.json"),
+                },
+            },
+            3,
+        );
+    }
+    assert_eq!(run.record_log_len(), 4);
+    // The first three records go to segment 0; once durable the log forgets them and the
+    // fourth rides inline.
+    let w = store
+        .record_body(&run.id, 0, 3, run.logged_records(3))
+        .unwrap();
+    store.write_segments(Vec::new(), vec![w]).await.unwrap();
+    run.trim_record_log(3);
+    let children = write_children(&store, &run, &[(0, 6)]).await;
+    let mut open = snapshot_ref(&run, &spec, children);
+    open.finalized = false;
+    open.record_segments = vec![0];
+    open.records = run.logged_records(run.record_log_len());
+    let generation = store.next_generation();
+    let body = body_with_runs(generation, vec![open]);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("run-r/0.json") && text.contains("run-r/3.json"),
+        "segments are named, the rest is inline: {text}"
+    );
+    store.save(generation, body).await.unwrap();
+    let dir = server.root().join(BUCKET).join("coord").join("records");
+    assert!(dir.join("run-r").join("0.json").is_file());
+
+    let snap = StateStore::new(client.clone(), &prefix)
+        .load()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    let back = &snap.runs[0].run;
+    let keys: Vec<Option<&str>> = (0..6)
+        .map(|e| back.record(e).and_then(|r| r.result_key.as_deref()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            Some("analytics/run-r/0.json"),
+            Some("analytics/run-r/1.json"),
+            Some("analytics/run-r/2.json"),
+            Some("analytics/run-r/3.json"),
+            None,
+            None
+        ]
+    );
+    assert_eq!(
+        back.record_log_len(),
+        1,
+        "the inline record is logged again"
+    );
+
+    // A record segment gone missing stops the start and says which.
+    std::fs::remove_file(dir.join("run-r").join("0.json")).unwrap();
+    let err = StateStore::new(client, &prefix).load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("s3://state/coord/records/run-r/0.json"),
+        "{msg}"
+    );
+    assert!(msg.contains("record segment 0 of map run run-r"), "{msg}");
     server.shutdown().await;
 }
