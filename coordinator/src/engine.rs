@@ -16,6 +16,7 @@
 
 mod broker;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ use crate::run::{
 use crate::spec::{RunSpec, validate};
 use crate::state::{
     ArchivedRun, ArchivedRunRef, MAX_SEGMENT_CHILDREN, RunSnapshotRef, STATE_VERSION, SegmentRef,
-    Snapshot, SnapshotRef, StateError, StateStore,
+    SegmentWrite, Snapshot, SnapshotRef, StateError, StateStore,
 };
 
 pub use broker::{AMQP_CONNECTED, AMQP_RECONNECTS};
@@ -95,12 +96,23 @@ const SEGMENT_CHILDREN: usize = 4096;
 /// Finished executions' records a checkpoint carries inline, at most, before they go to a
 /// record segment of their own: ~1 MB of JSON a segment.
 const RECORD_SEGMENT: usize = 4096;
+/// Children one checkpoint writes to new segments, at most (~40 MB of segments): a burst of
+/// freshly read runs is written over several rounds before the snapshot that names them,
+/// rather than all their bodies held at once (1,000 runs of 10,000 children peaked the
+/// coordinator at 990 MB, twice its size after).
+const SEGMENT_BUDGET: usize = 1 << 20;
+/// Segment-only rounds in a row, at most, before a snapshot writes whatever is left at once:
+/// item readers that plan children faster than rounds write them must not hold off the
+/// snapshot (and every ack and reply waiting for it) for ever.
+const MAX_SEGMENT_ROUNDS: u32 = 16;
 /// After a checkpoint write fails, the next attempt waits this long.
 const SAVE_RETRY: Duration = Duration::from_millis(500);
 
 /// A checkpoint on its way to the object store, with what waits for it to be durable.
 struct Saving {
-    generation: u64,
+    /// The snapshot's generation; `None` for a round that writes children segments only
+    /// (see [`Engine::segment_round`]).
+    generation: Option<u64>,
     /// The finished runs whose archives this checkpoint writes (and its snapshot names).
     archiving: Vec<ArchivedRun>,
     /// The children segments it writes (and its snapshot names).
@@ -264,6 +276,7 @@ impl Coordinator {
             trimmer: Trimmer::new(),
             retry_save_at: None,
             last_cost: std::time::Duration::ZERO,
+            segment_rounds: 0,
             item_readers: Arc::new(tokio::sync::Semaphore::new(ITEM_READERS)),
             readers: HashMap::new(),
         };
@@ -342,6 +355,10 @@ struct Entry {
     segments: Vec<SegmentRef>,
     /// The run's record segments known durable, in the order written.
     record_segments: Vec<u32>,
+    /// The number the next record segment gets. Every write attempt takes a new one, so a
+    /// retry after a failed checkpoint never overwrites a segment that checkpoint may have
+    /// named after all (a PUT that failed on the way back), whose records may be older.
+    next_record_seq: Cell<u32>,
 }
 
 /// What a checkpoint holds of a run beside the run itself: every segment, those it writes
@@ -375,15 +392,48 @@ fn plan_segments(
     (segments, None)
 }
 
+/// Given each run's planned segments, `None` if they come to `budget` children or fewer;
+/// else the first `budget` children's worth, in order, as (run index, range), the last one
+/// cut short if need be (the next round plans from where it ends).
+fn budget_round(
+    plans: Vec<Vec<std::ops::Range<usize>>>,
+    budget: usize,
+) -> Option<Vec<(usize, std::ops::Range<usize>)>> {
+    let total: usize = plans.iter().flatten().map(|r| r.len()).sum();
+    if total <= budget {
+        return None;
+    }
+    let mut left = budget;
+    let mut round = Vec::new();
+    for (i, ranges) in plans.into_iter().enumerate() {
+        for r in ranges {
+            if left == 0 {
+                return Some(round);
+            }
+            let end = r.start + r.len().min(left);
+            left -= end - r.start;
+            round.push((i, r.start..end));
+        }
+    }
+    Some(round)
+}
+
 /// Children a checkpoint writes to new segments, and those it carries inline.
 type UnsavedChildren = (Vec<(SegmentRef, ChildSegment)>, Option<ChildSegment>);
 
 impl Entry {
-    /// The children no durable segment holds yet, as [`plan_segments`] places them.
-    fn unsaved_children(&self, all: bool) -> UnsavedChildren {
+    /// Where the children no durable segment holds yet go ([`plan_segments`]); a finished
+    /// run writes them all, as its archive will name them.
+    fn segment_plan(&self) -> (Vec<std::ops::Range<usize>>, Option<std::ops::Range<usize>>) {
         let saved = self.segments.last().map_or(0, |s| s.end) as usize;
         let count = self.run.execution_count() as usize;
-        let (new, inline) = plan_segments(saved..count, self.run.reading(), all);
+        plan_segments(saved..count, self.run.reading(), self.finalized)
+    }
+
+    /// The children no durable segment holds yet, sliced as [`Entry::segment_plan`] places
+    /// them.
+    fn unsaved_children(&self) -> UnsavedChildren {
+        let (new, inline) = self.segment_plan();
         let new = new
             .into_iter()
             .map(|r| {
@@ -495,6 +545,8 @@ struct Engine {
     retry_save_at: Option<Instant>,
     /// What the last checkpoint took, serialising and PUT.
     last_cost: std::time::Duration,
+    /// Segment-only rounds since the last snapshot (see [`MAX_SEGMENT_ROUNDS`]).
+    segment_rounds: u32,
     /// Bounds the item readers at work at once (see [`ITEM_READERS`]).
     item_readers: Arc<tokio::sync::Semaphore>,
     /// Cancels each run's item reader still at work: a run that ends (aborted, failed) stops
@@ -543,6 +595,7 @@ impl Engine {
                     open_order: r.open_order,
                     archived,
                     segments: r.segments,
+                    next_record_seq: Cell::new(r.record_segments.last().map_or(0, |s| s + 1)),
                     record_segments: r.record_segments,
                 },
             );
@@ -611,6 +664,44 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let store = self.store.as_ref()?;
+        let round = if self.segment_rounds < MAX_SEGMENT_ROUNDS {
+            self.segment_round(store)
+        } else {
+            Ok(None)
+        };
+        match round {
+            Err(e) => {
+                warn!(error = %e, "cannot serialise a map run's children; outcomes stay unacked");
+                self.retry_save_at = Some(Instant::now() + SAVE_RETRY);
+                return Some(SAVE_RETRY);
+            }
+            Ok(Some(writes)) => {
+                self.segment_rounds += 1;
+                let segments = writes.iter().map(|w| (w.run.clone(), w.segment)).collect();
+                let task = tokio::spawn(store.write_segments(writes, Vec::new()));
+                let saving = Saving {
+                    generation: None,
+                    archiving: Vec::new(),
+                    segments,
+                    record_segments: Vec::new(),
+                    acks: Vec::new(),
+                    replies: Vec::new(),
+                    started,
+                };
+                if !force {
+                    self.saving = Some((task, saving));
+                    return None;
+                }
+                let result = task.await;
+                self.saved(saving, result).await;
+                if self.retry_save_at.is_some() {
+                    // The store fails: at shutdown, give up rather than retry forever.
+                    return None;
+                }
+                return Box::pin(self.checkpoint(true)).await;
+            }
+            Ok(None) => self.segment_rounds = 0,
+        }
         // Children not yet in a segment go to new ones, or inline while few and still being
         // read; newly finished runs are archived, and the snapshot only names both.
         let mut segment_writes = Vec::new();
@@ -627,7 +718,7 @@ impl Engine {
                 });
                 continue;
             }
-            let (new, tail) = e.unsaved_children(e.finalized);
+            let (new, tail) = e.unsaved_children();
             for (segment, children) in &new {
                 match store.segment_body(&e.run.id, *segment, children) {
                     Ok(w) => segment_writes.push(w),
@@ -648,7 +739,8 @@ impl Engine {
             let mut record_segments = e.record_segments.clone();
             let mut records = e.run.logged_records(logged);
             if logged >= RECORD_SEGMENT || (e.finalized && logged > 0) {
-                let seq = e.record_segments.last().map_or(0, |s| s + 1);
+                let seq = e.next_record_seq.get();
+                e.next_record_seq.set(seq + 1);
                 let segment = std::mem::take(&mut records);
                 match store.record_body(&e.run.id, seq, logged, segment) {
                     Ok(w) => record_writes.push(w),
@@ -727,7 +819,7 @@ impl Engine {
         });
         self.dirty = false;
         let saving = Saving {
-            generation,
+            generation: Some(generation),
             archiving,
             segments,
             record_segments,
@@ -742,6 +834,35 @@ impl Engine {
             self.saving = Some((task, saving));
         }
         None
+    }
+
+    /// When the children segments a checkpoint would write come to more than
+    /// [`SEGMENT_BUDGET`] children, the first budget's worth, serialised, for a round that
+    /// writes only them: the snapshot that names every segment waits for a later round, and
+    /// the outcomes and replies with it. Segments written so are durable objects no
+    /// checkpoint names yet; a coordinator that stops before one does plans those children
+    /// again and writes the same objects.
+    fn segment_round(&self, store: &StateStore) -> Result<Option<Vec<SegmentWrite>>, StateError> {
+        let (entries, plans): (Vec<&Entry>, Vec<_>) = self
+            .created
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|e| !e.archived)
+            .map(|e| (e, e.segment_plan().0))
+            .unzip();
+        let Some(round) = budget_round(plans, SEGMENT_BUDGET) else {
+            return Ok(None);
+        };
+        let mut writes = Vec::with_capacity(round.len());
+        for (i, r) in round {
+            let e = entries[i];
+            let segment = SegmentRef {
+                start: r.start as u64,
+                end: r.end as u64,
+            };
+            writes.push(store.segment_body(&e.run.id, segment, &e.run.children_segment(r))?);
+        }
+        Ok(Some(writes))
     }
 
     /// A checkpoint write ended. Durable: the runs it archived are marked so (unless a
@@ -770,11 +891,11 @@ impl Engine {
             self.deferred = replies;
             return;
         }
-        if let Some(store) = self.store.as_mut() {
-            store.saved(saving.generation);
+        if let (Some(store), Some(generation)) = (self.store.as_mut(), saving.generation) {
+            store.saved(generation);
+            self.last_cost = saving.started.elapsed();
         }
         self.retry_save_at = None;
-        self.last_cost = saving.started.elapsed();
         for a in &saving.archiving {
             if let Some(e) = self.runs.get_mut(&a.id)
                 && e.finalized
@@ -792,7 +913,7 @@ impl Engine {
         }
         for (id, seq, logged) in &saving.record_segments {
             if let Some(e) = self.runs.get_mut(id)
-                && e.record_segments.last().map_or(0, |l| l + 1) == *seq
+                && e.record_segments.last().is_none_or(|l| l < seq)
             {
                 e.record_segments.push(*seq);
                 e.run.trim_record_log(*logged);
@@ -1170,6 +1291,7 @@ impl Engine {
                 archived: false,
                 segments: Vec::new(),
                 record_segments: Vec::new(),
+                next_record_seq: Cell::new(0),
             },
         );
         self.created.push(id.clone());
@@ -1794,7 +1916,7 @@ fn child_view(e: &Entry, execution: u32, with_history: bool) -> Option<ChildExec
 mod tests {
     use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage, errors};
 
-    use super::{MAX_SEGMENT_CHILDREN, SEGMENT_CHILDREN, plan_segments};
+    use super::{MAX_SEGMENT_CHILDREN, SEGMENT_CHILDREN, budget_round, plan_segments};
     use crate::retry::{JitterStrategy, Retrier};
     use crate::run::{Applied, ChildSpec, MapRun, RunId, Tolerance};
 
@@ -1816,6 +1938,21 @@ mod tests {
         assert_eq!(
             plan(1..1 + big, false, false).0,
             [(1, 1 + max), (1 + max, 1 + 2 * max), (1 + 2 * max, 1 + big)]
+        );
+    }
+
+    #[test]
+    fn a_burst_of_segments_is_written_a_budget_at_a_time() {
+        let plans = || vec![vec![0..4, 4..6], vec![], vec![2..5]];
+        assert_eq!(budget_round(plans(), 9), None, "9 fit in one checkpoint");
+        assert_eq!(
+            budget_round(plans(), 5),
+            Some(vec![(0, 0..4), (0, 4..5)]),
+            "the last range is cut at the budget"
+        );
+        assert_eq!(
+            budget_round(plans(), 8),
+            Some(vec![(0, 0..4), (0, 4..6), (2, 2..4)])
         );
     }
 
