@@ -62,6 +62,12 @@ const PUBLISH_BATCH: usize = 1_000;
 /// started together otherwise open a thousand S3 connections at once, and the client's pool
 /// then keeps them, buffers and all, long after the reads (B5 measured ~7 KB a run).
 const ITEM_READERS: usize = 16;
+/// Events (stretches of planned children, results written) waiting for the loop, at most;
+/// then item readers wait. A stretch waits as `ChildSpec`s, about three times its packed
+/// size in the run, and while the loop writes a checkpoint a thousand runs' manifests read
+/// meanwhile piled up unbounded: the coordinator peaked at 980 MB with `--state-uri`, 490 MB
+/// without, for 1,000 runs of 10,000 children.
+const EVENTS_QUEUED: usize = 16;
 /// A listing page at least this long asks for a heap trim once it is answered.
 const LARGE_PAGE: usize = 100;
 /// Outcomes applied per wake of the event loop at most, so commands and checkpoints are not
@@ -98,8 +104,7 @@ const SEGMENT_CHILDREN: usize = 4096;
 const RECORD_SEGMENT: usize = 4096;
 /// Children one checkpoint writes to new segments, at most (~40 MB of segments): a burst of
 /// freshly read runs is written over several rounds before the snapshot that names them,
-/// rather than all their bodies held at once (1,000 runs of 10,000 children peaked the
-/// coordinator at 990 MB, twice its size after).
+/// rather than all their bodies held at once (1,000 runs of 10,000 children: 363 MB).
 const SEGMENT_BUDGET: usize = 1 << 20;
 /// Segment-only rounds in a row, at most, before a snapshot writes whatever is left at once:
 /// item readers that plan children faster than rounds write them must not hold off the
@@ -162,7 +167,7 @@ const STRETCH_EVERY: Duration = Duration::from_millis(20);
 /// to the engine a stretch at a time, the first as soon as there is one.
 struct ItemStretches {
     id: RunId,
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::Sender<Event>,
     children: Vec<ChildSpec>,
     /// Children sent so far: the next stretch's `start`.
     sent: usize,
@@ -170,7 +175,7 @@ struct ItemStretches {
 }
 
 impl ItemStretches {
-    fn new(id: RunId, tx: mpsc::UnboundedSender<Event>) -> Self {
+    fn new(id: RunId, tx: mpsc::Sender<Event>) -> Self {
         ItemStretches {
             id,
             tx,
@@ -182,15 +187,16 @@ impl ItemStretches {
 
     /// Sends the children collected so far if a stretch is due. False once the engine is
     /// gone (the reader then stops).
-    fn flush_if_due(&mut self) -> bool {
+    async fn flush_if_due(&mut self) -> bool {
         let due = !self.children.is_empty()
             && (self.sent == 0
                 || self.children.len() >= STRETCH_CHILDREN
                 || self.last.elapsed() >= STRETCH_EVERY);
-        !due || self.send(false)
+        !due || self.send(false).await
     }
 
-    fn send(&mut self, done: bool) -> bool {
+    /// Waits while [`EVENTS_QUEUED`] events wait for the loop.
+    async fn send(&mut self, done: bool) -> bool {
         let children = std::mem::take(&mut self.children);
         let start = self.sent;
         self.sent += children.len();
@@ -202,20 +208,24 @@ impl ItemStretches {
                 result: Ok(children),
                 done,
             })
+            .await
             .is_ok()
     }
 
-    fn finish(mut self) {
-        self.send(true);
+    async fn finish(mut self) {
+        self.send(true).await;
     }
 
-    fn fail(self, e: ReaderError) {
-        let _ = self.tx.send(Event::ItemsRead {
-            id: self.id,
-            start: 0,
-            result: Err(e),
-            done: true,
-        });
+    async fn fail(self, e: ReaderError) {
+        let _ = self
+            .tx
+            .send(Event::ItemsRead {
+                id: self.id,
+                start: 0,
+                result: Err(e),
+                done: true,
+            })
+            .await;
     }
 }
 
@@ -241,7 +251,7 @@ impl Coordinator {
         metrics::counter!(AMQP_RECONNECTS).increment(0);
 
         let (tx, rx) = mpsc::channel(256);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUED);
         let mut store = cfg
             .state
             .as_ref()
@@ -522,7 +532,7 @@ struct Engine {
     open: Vec<RunId>,
     rr: usize,
     admission: AdmissionControl,
-    events_tx: mpsc::UnboundedSender<Event>,
+    events_tx: mpsc::Sender<Event>,
     /// Items published but not confirmed — nacked, or sent on a session that died before
     /// confirming them, so possibly lost: sent again, same attempt, before anything new.
     republish: VecDeque<(RunId, u32, u32)>,
@@ -961,7 +971,7 @@ impl Engine {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut events: mpsc::Receiver<Event>,
         shutdown: CancellationToken,
     ) -> Result<(), CoordinatorError> {
         let result = loop {
@@ -1357,7 +1367,7 @@ impl Engine {
             };
             let uris = match read_items(&s3, &source).await {
                 Ok(uris) => uris,
-                Err(e) => return out.fail(e),
+                Err(e) => return out.fail(e).await,
             };
             let mut planner = Planner::new(batcher);
             if footers {
@@ -1368,7 +1378,7 @@ impl Engine {
                     f = layouts.next() => f,
                 } {
                     planner.add(&f, &mut out.children);
-                    if !out.flush_if_due() {
+                    if !out.flush_if_due().await {
                         return;
                     }
                 }
@@ -1382,7 +1392,7 @@ impl Engine {
                     planner.add(&f, &mut out.children);
                 }
             }
-            out.finish();
+            out.finish().await;
         });
     }
 
@@ -1816,7 +1826,7 @@ impl Engine {
             let files = result_writer::render(&e.run, &prefix);
             tokio::spawn(async move {
                 let result = result_writer::write_files(&s3, &id2.0, &prefix, files).await;
-                let _ = tx.send(Event::ResultsWritten { id: id2, result });
+                let _ = tx.send(Event::ResultsWritten { id: id2, result }).await;
             });
         }
         for next in opened {
