@@ -662,6 +662,45 @@ impl StateStore {
     }
 }
 
+/// Reads an object a durable checkpoint names (`what`, for the message). Each was confirmed
+/// before that checkpoint was written, so one that is missing or damaged was lost behind
+/// the coordinator's back: the start stops and names it rather than forget what it held.
+async fn get_named(
+    s3: &Client,
+    bucket: &str,
+    key: &str,
+    uri: &str,
+    what: impl FnOnce() -> String,
+) -> Result<Bytes, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        uri: uri.to_owned(),
+        reason,
+    };
+    match get_bytes(s3, bucket, key).await {
+        Ok(body) => Ok(body),
+        Err(ObjStoreError::NotFound { .. }) => Err(corrupt(format!(
+            "the checkpoint names {} but it is missing",
+            what()
+        ))),
+        Err(e) if e.is_checksum_mismatch() => Err(corrupt(e.to_string())),
+        Err(source) => Err(StateError::Store {
+            uri: uri.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Refuses an object of a state version this build does not read.
+fn readable(version: u32) -> Result<(), String> {
+    if READABLE_VERSIONS.contains(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "state version {version} is not one of {READABLE_VERSIONS:?}, which this build reads"
+        ))
+    }
+}
+
 /// Reads one archive object and checks it holds the run the checkpoint names.
 async fn read_archive(
     s3: Client,
@@ -670,28 +709,19 @@ async fn read_archive(
     uri: String,
     r: ArchivedRun,
 ) -> Result<RunSnapshot, StateError> {
+    let body = get_named(&s3, &bucket, &key, &uri, || {
+        format!(
+            "the archive of finished map run {} (redrive {})",
+            r.id, r.redrive_count
+        )
+    })
+    .await?;
     let corrupt = |reason: String| StateError::Corrupt {
         uri: uri.clone(),
         reason,
     };
-    let body = match get_bytes(&s3, &bucket, &key).await {
-        Ok(body) => body,
-        Err(ObjStoreError::NotFound { .. }) => {
-            return Err(corrupt(format!(
-                "the checkpoint names finished map run {} (redrive {}) but its archive is missing",
-                r.id, r.redrive_count
-            )));
-        }
-        Err(e) if e.is_checksum_mismatch() => return Err(corrupt(e.to_string())),
-        Err(source) => return Err(StateError::Store { uri, source }),
-    };
     let archive: Archive = serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
-    if !READABLE_VERSIONS.contains(&archive.version) {
-        return Err(corrupt(format!(
-            "state version {} is not one of {READABLE_VERSIONS:?}, which this build reads",
-            archive.version
-        )));
-    }
+    readable(archive.version).map_err(corrupt)?;
     if archive.run.run.id != r.id || archive.run.run.redrive_count != r.redrive_count {
         return Err(corrupt(format!(
             "holds map run {} (redrive {}), not the {} (redrive {}) the checkpoint names",
@@ -710,20 +740,16 @@ async fn read_segment(
     id: RunId,
     s: SegmentRef,
 ) -> Result<ChildSegment, StateError> {
+    let body = get_named(&s3, &bucket, &key, &uri, || {
+        format!(
+            "the segment of children {}..{} of map run {id}",
+            s.start, s.end
+        )
+    })
+    .await?;
     let corrupt = |reason: String| StateError::Corrupt {
         uri: uri.clone(),
         reason,
-    };
-    let body = match get_bytes(&s3, &bucket, &key).await {
-        Ok(body) => body,
-        Err(ObjStoreError::NotFound { .. }) => {
-            return Err(corrupt(format!(
-                "the checkpoint names children {}..{} of map run {id} but their segment is missing",
-                s.start, s.end
-            )));
-        }
-        Err(e) if e.is_checksum_mismatch() => return Err(corrupt(e.to_string())),
-        Err(source) => return Err(StateError::Store { uri, source }),
     };
     let config = bincode::config::standard().with_limit::<MAX_SEGMENT_DECODED>();
     let (segment, read): (Segment<ChildSegment>, usize) =
@@ -734,12 +760,7 @@ async fn read_segment(
             body.len() - read
         )));
     }
-    if !READABLE_VERSIONS.contains(&segment.version) {
-        return Err(corrupt(format!(
-            "state version {} is not one of {READABLE_VERSIONS:?}, which this build reads",
-            segment.version
-        )));
-    }
+    readable(segment.version).map_err(corrupt)?;
     let len = segment.children.len() as u64;
     if segment.run != id || segment.start != s.start || segment.start + len != s.end {
         return Err(corrupt(format!(
@@ -777,28 +798,17 @@ async fn read_records(
     id: RunId,
     seq: u32,
 ) -> Result<Vec<ExecRecord>, StateError> {
+    let body = get_named(&s3, &bucket, &key, &uri, || {
+        format!("record segment {seq} of map run {id}")
+    })
+    .await?;
     let corrupt = |reason: String| StateError::Corrupt {
         uri: uri.clone(),
         reason,
     };
-    let body = match get_bytes(&s3, &bucket, &key).await {
-        Ok(body) => body,
-        Err(ObjStoreError::NotFound { .. }) => {
-            return Err(corrupt(format!(
-                "the checkpoint names record segment {seq} of map run {id} but it is missing"
-            )));
-        }
-        Err(e) if e.is_checksum_mismatch() => return Err(corrupt(e.to_string())),
-        Err(source) => return Err(StateError::Store { uri, source }),
-    };
     let segment: RecordSegment<ExecRecord> =
         serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
-    if !READABLE_VERSIONS.contains(&segment.version) {
-        return Err(corrupt(format!(
-            "state version {} is not one of {READABLE_VERSIONS:?}, which this build reads",
-            segment.version
-        )));
-    }
+    readable(segment.version).map_err(corrupt)?;
     if segment.run != id || segment.seq != seq {
         return Err(corrupt(format!(
             "holds record segment {} of map run {}, not {seq} of {id}, which the checkpoint names",

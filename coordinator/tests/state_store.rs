@@ -19,22 +19,38 @@ use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage};
 
 const BUCKET: &str = "state";
 
-fn body(generation: u64, opened: u64) -> Vec<u8> {
+/// A checkpoint of `generation`: `runs` inline, `archived` named.
+fn checkpoint(
+    generation: u64,
+    opened: u64,
+    runs: Vec<RunSnapshotRef<'_>>,
+    archived: &[ArchivedRun],
+) -> Vec<u8> {
     let admission = AdmissionControl::new(7);
     serde_json::to_vec(&SnapshotRef {
         version: STATE_VERSION,
         generation,
         saved_ms: 0,
-        runs: Vec::new(),
-        archived: Vec::new(),
+        runs,
+        archived: archived
+            .iter()
+            .map(|a| ArchivedRunRef {
+                id: &a.id,
+                redrive_count: a.redrive_count,
+            })
+            .collect(),
         open: &[],
         admission: &admission,
         republish: Vec::new(),
         opened,
-        runs_finished: 0,
+        runs_finished: archived.len() as u64,
         executions_finished: 0,
     })
     .unwrap()
+}
+
+fn body(generation: u64, opened: u64) -> Vec<u8> {
+    checkpoint(generation, opened, Vec::new(), &[])
 }
 
 async fn server() -> (LocalS3, aws_sdk_s3::Client, S3Uri) {
@@ -228,31 +244,6 @@ fn snapshot_ref<'a>(
     }
 }
 
-/// A checkpoint of `generation` that names `archived` and holds nothing inline.
-fn body_naming(generation: u64, archived: &[ArchivedRun]) -> Vec<u8> {
-    let admission = AdmissionControl::new(7);
-    serde_json::to_vec(&SnapshotRef {
-        version: STATE_VERSION,
-        generation,
-        saved_ms: 0,
-        runs: Vec::new(),
-        archived: archived
-            .iter()
-            .map(|a| ArchivedRunRef {
-                id: &a.id,
-                redrive_count: a.redrive_count,
-            })
-            .collect(),
-        open: &[],
-        admission: &admission,
-        republish: Vec::new(),
-        opened: 2,
-        runs_finished: 2,
-        executions_finished: 0,
-    })
-    .unwrap()
-}
-
 #[tokio::test]
 async fn finished_runs_are_archived_once_and_read_back_in_the_named_order() {
     let (server, client, prefix) = server().await;
@@ -291,7 +282,7 @@ async fn finished_runs_are_archived_once_and_read_back_in_the_named_order() {
     );
 
     let generation = store.next_generation();
-    let body = body_naming(generation, &done);
+    let body = checkpoint(generation, 2, Vec::new(), &done);
     assert!(
         !String::from_utf8_lossy(&body).contains("part-0.parquet"),
         "the checkpoint names archived runs, it does not repeat them"
@@ -333,7 +324,7 @@ async fn a_missing_archive_stops_the_start_and_names_it() {
         redrive_count: 1,
     }];
     store
-        .save(generation, body_naming(generation, &gone))
+        .save(generation, checkpoint(generation, 2, Vec::new(), &gone))
         .await
         .unwrap();
     let err = StateStore::new(client, &prefix).load().await.unwrap_err();
@@ -367,7 +358,7 @@ async fn an_archive_of_another_run_is_refused_by_name() {
     });
     let generation = store.next_generation();
     store
-        .save(generation, body_naming(generation, &named))
+        .save(generation, checkpoint(generation, 2, Vec::new(), &named))
         .await
         .unwrap();
     let err = StateStore::new(client, &prefix).load().await.unwrap_err();
@@ -375,25 +366,6 @@ async fn an_archive_of_another_run_is_refused_by_name() {
     assert!(msg.contains("runs/run-b.0.json"), "{msg}");
     assert!(msg.contains("holds map run run-a"), "{msg}");
     server.shutdown().await;
-}
-
-/// A checkpoint of `generation` holding `runs` inline.
-fn body_with_runs(generation: u64, runs: Vec<RunSnapshotRef<'_>>) -> Vec<u8> {
-    let admission = AdmissionControl::new(7);
-    serde_json::to_vec(&SnapshotRef {
-        version: STATE_VERSION,
-        generation,
-        saved_ms: 0,
-        runs,
-        archived: Vec::new(),
-        open: &[],
-        admission: &admission,
-        republish: Vec::new(),
-        opened: 1,
-        runs_finished: 0,
-        executions_finished: 0,
-    })
-    .unwrap()
 }
 
 #[tokio::test]
@@ -413,7 +385,7 @@ async fn children_are_written_once_in_segments_and_read_back_with_an_inline_tail
     open.finalized = false;
     open.tail = Some(run.children_segment(7..10));
     let generation = store.next_generation();
-    let body = body_with_runs(generation, vec![open]);
+    let body = checkpoint(generation, 1, vec![open], &[]);
     let text = String::from_utf8_lossy(&body);
     assert!(
         !text.contains("part-6.parquet") && text.contains("part-7.parquet"),
@@ -448,7 +420,7 @@ async fn a_missing_or_swapped_segment_stops_the_start_and_names_it() {
     open.finalized = false;
     let generation = store.next_generation();
     store
-        .save(generation, body_with_runs(generation, vec![open]))
+        .save(generation, checkpoint(generation, 1, vec![open], &[]))
         .await
         .unwrap();
     let dir = server.root().join(BUCKET).join("coord").join("children");
@@ -503,7 +475,7 @@ async fn a_state_version_2_checkpoint_is_read_with_its_inline_children() {
     let mut open = snapshot_ref(&run, &spec, Vec::new());
     open.finalized = false;
     let mut json: serde_json::Value =
-        serde_json::from_slice(&body_with_runs(1, vec![open])).unwrap();
+        serde_json::from_slice(&checkpoint(1, 1, vec![open], &[])).unwrap();
     json["version"] = 2.into();
     let r = &mut json["runs"][0];
     r.as_object_mut().unwrap().remove("segments");
@@ -575,7 +547,7 @@ async fn records_are_written_once_in_segments_and_read_back_with_the_inline_rest
     open.record_segments = vec![0];
     open.records = run.logged_records(run.record_log_len());
     let generation = store.next_generation();
-    let body = body_with_runs(generation, vec![open]);
+    let body = checkpoint(generation, 1, vec![open], &[]);
     let text = String::from_utf8_lossy(&body);
     assert!(
         !text.contains("run-r/0.json") && text.contains("run-r/3.json"),
