@@ -446,13 +446,7 @@ impl Entry {
         let (new, inline) = self.segment_plan();
         let new = new
             .into_iter()
-            .map(|r| {
-                let s = SegmentRef {
-                    start: r.start as u64,
-                    end: r.end as u64,
-                };
-                (s, self.run.children_segment(r))
-            })
+            .map(|r| (SegmentRef::of(&r), self.run.children_segment(r)))
             .collect();
         (new, inline.map(|r| self.run.children_segment(r)))
     }
@@ -866,10 +860,7 @@ impl Engine {
         let mut writes = Vec::with_capacity(round.len());
         for (i, r) in round {
             let e = entries[i];
-            let segment = SegmentRef {
-                start: r.start as u64,
-                end: r.end as u64,
-            };
+            let segment = SegmentRef::of(&r);
             writes.push(store.segment_body(&e.run.id, segment, &e.run.children_segment(r))?);
         }
         Ok(Some(writes))

@@ -278,12 +278,22 @@ impl ChildSegment {
 /// Executions are numbered by `u32`: no run-length in a checkpoint may claim more.
 const MAX_EXECUTIONS: u64 = u32::MAX as u64;
 
+/// Appends a run of `n` copies of `value` read from a checkpoint, refusing one that would
+/// take the list past [`MAX_EXECUTIONS`] before allocating for it.
+fn push_run<T: Clone>(out: &mut Vec<T>, value: T, n: u64, what: &str) -> Result<(), String> {
+    if out.len() as u64 + n > MAX_EXECUTIONS {
+        return Err(format!("more than {MAX_EXECUTIONS} {what}"));
+    }
+    out.resize(out.len() + n as usize, value);
+    Ok(())
+}
+
 /// Child execution states as one letter each in the checkpoint, a run of one state as its
 /// letter and the run's length (`"S1200R4P8796"`): most of a big run sits in a few long
 /// stretches, and every checkpoint carries every open run's states. A letter without a
 /// length stands for one, which also reads state version 2's one letter per child.
 mod state_letters {
-    use super::{ExecState, MAX_EXECUTIONS};
+    use super::{ExecState, push_run};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::fmt::Write;
 
@@ -341,12 +351,7 @@ mod state_letters {
                     })?,
             };
             rest = &rest[digits..];
-            if states.len() as u64 + n > MAX_EXECUTIONS {
-                return Err(D::Error::custom(format!(
-                    "more than {MAX_EXECUTIONS} child execution states"
-                )));
-            }
-            states.resize(states.len() + n as usize, state);
+            push_run(&mut states, state, n, "child execution states").map_err(D::Error::custom)?;
         }
         Ok(states)
     }
@@ -355,7 +360,7 @@ mod state_letters {
 /// Attempt numbers in the checkpoint as runs, `"1*1200,0*8800"` (a number without `*n` is
 /// one attempt), for the reason [`state_letters`] gives; reads state version 2's array too.
 mod attempt_runs {
-    use super::MAX_EXECUTIONS;
+    use super::push_run;
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
     use std::fmt::{self, Write};
@@ -390,12 +395,7 @@ mod attempt_runs {
                 let bad = || E::custom(format!("{token:?} is not an attempt run"));
                 let value: u32 = value.parse().map_err(|_| bad())?;
                 let n: u64 = n.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
-                if attempts.len() as u64 + n > MAX_EXECUTIONS {
-                    return Err(E::custom(format!(
-                        "more than {MAX_EXECUTIONS} attempt numbers"
-                    )));
-                }
-                attempts.resize(attempts.len() + n as usize, value);
+                push_run(&mut attempts, value, n, "attempt numbers").map_err(E::custom)?;
             }
             Ok(attempts)
         }
@@ -426,6 +426,11 @@ pub enum ExecState {
 }
 
 impl ExecState {
+    /// Succeeded, failed, timed out or aborted: what has a record.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, ExecState::Pending | ExecState::Running)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExecState::Pending => "PENDING",
@@ -913,11 +918,11 @@ impl MapRun {
     }
 
     /// After a run is read back from a checkpoint: its records, those of segments in the
-    /// order written, then the inline ones (a later record of an execution wins). Only a finished
-    /// execution has one, so a record whose execution is no longer finished (a redrive
-    /// made it pending after that record was saved) is dropped.
-    /// Turns [`MapRun::log_records`] on, and logs the inline records (and those state
-    /// version 2 held in the run) again, as no segment holds them yet.
+    /// order written, then the inline ones (a later record of an execution wins). Only a
+    /// finished execution has one, so a record whose execution is no longer finished (a
+    /// redrive made it pending after that record was saved) is dropped. Turns
+    /// [`MapRun::log_records`] on, and logs the inline records (and those state version 2
+    /// held in the run) again, as no segment holds them yet.
     pub fn restore_records(
         &mut self,
         segments: impl IntoIterator<Item = ExecRecord>,
@@ -932,11 +937,8 @@ impl MapRun {
             self.insert_record(r);
         }
         let states = &self.states;
-        self.records.retain(|&e, _| {
-            states
-                .get(e as usize)
-                .is_some_and(|s| !matches!(s, ExecState::Pending | ExecState::Running))
-        });
+        self.records
+            .retain(|&e, _| states.get(e as usize).is_some_and(|s| s.is_finished()));
     }
 
     /// The item reader starts (or, after a restart or a redrive, resumes) adding children
@@ -1327,7 +1329,7 @@ impl MapRun {
 
     fn abort_unfinished(&mut self, now_ms: i64) {
         for i in 0..self.states.len() {
-            if matches!(self.states[i], ExecState::Pending | ExecState::Running) {
+            if !self.states[i].is_finished() {
                 self.states[i] = ExecState::Aborted;
                 let attempt = self.attempts[i];
                 // Never dispatched and nothing stored: the record alone rebuilds the history,

@@ -14,16 +14,17 @@
 //! (`children/<id>/<start>-<end>.bin`, bincode), before the first checkpoint (or archive)
 //! that names them; only a run still being read carries its newest few inline. Finished
 //! child executions' records, which never change once written either, go the same way
-//! (`records/<id>/<seq>.json`) a few thousand at a time, the newest inline. Two objects take turns (`coordinator-state.0.json`, `.1.json`, chosen by
-//! the snapshot's generation), so a save never overwrites the last one that succeeded: a
-//! store that is not atomic (or a writer killed mid-PUT on one) can tear at most the newer
-//! object, one whose PUT was never confirmed and so covers nothing acked or answered, and
-//! the coordinator restarts from the other. Outcomes are acked to RabbitMQ only
-//! after a checkpoint that includes them, and API requests that change state are answered
-//! only after theirs, so a coordinator killed at any moment restarts from a state that has
-//! lost nothing acknowledged: unacked outcomes are redelivered and applied (set-once makes
-//! that idempotent), items it cannot prove were dispatched are published again (their
-//! result keys are deterministic, so a duplicate overwrites the same objects).
+//! (`records/<id>/<seq>.json`) a few thousand at a time, the newest inline. Two objects
+//! take turns (`coordinator-state.0.json`, `.1.json`, chosen by the snapshot's generation),
+//! so a save never overwrites the last one that succeeded: a store that is not atomic (or a
+//! writer killed mid-PUT on one) can tear at most the newer object, one whose PUT was never
+//! confirmed and so covers nothing acked or answered, and the coordinator restarts from the
+//! other. Outcomes are acked to RabbitMQ only after a checkpoint that includes them, and
+//! API requests that change state are answered only after theirs, so a coordinator killed
+//! at any moment restarts from a state that has lost nothing acknowledged: unacked outcomes
+//! are redelivered and applied (set-once makes that idempotent), items it cannot prove were
+//! dispatched are published again (their result keys are deterministic, so a duplicate
+//! overwrites the same objects).
 
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -52,6 +53,7 @@ const TORN_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 /// Archived runs read or written at once: enough to hide the store's latency, few enough
 /// not to open a connection per run.
 const ARCHIVE_IO: usize = 16;
+const JSON: &str = "application/json";
 /// A children segment may not decode into more than this: a damaged length prefix must not
 /// make decoding allocate the machine away. Segments hold at most
 /// [`MAX_SEGMENT_CHILDREN`], tens of MB.
@@ -98,9 +100,7 @@ pub struct RecordWrite {
     pub seq: u32,
     /// How many logged record writes it covers ([`MapRun::trim_record_log`] once durable).
     pub logged: usize,
-    key: String,
-    uri: String,
-    body: Vec<u8>,
+    object: ObjectWrite,
 }
 
 /// One segment object of a run's children: children `start..end`.
@@ -108,6 +108,16 @@ pub struct RecordWrite {
 pub struct SegmentRef {
     pub start: u64,
     pub end: u64,
+}
+
+impl SegmentRef {
+    /// The segment of children `range`.
+    pub fn of(range: &std::ops::Range<usize>) -> Self {
+        SegmentRef {
+            start: range.start as u64,
+            end: range.end as u64,
+        }
+    }
 }
 
 /// The body of a segment object, bincode-encoded: which run and where, then the children.
@@ -123,9 +133,7 @@ struct Segment<C> {
 pub struct SegmentWrite {
     pub run: RunId,
     pub segment: SegmentRef,
-    key: String,
-    uri: String,
-    body: Vec<u8>,
+    object: ObjectWrite,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -395,18 +403,36 @@ impl StateStore {
             seq,
             records,
         };
-        match serde_json::to_vec(&body) {
-            Ok(body) => Ok(RecordWrite {
-                run: id.clone(),
-                seq,
-                logged,
-                key: self.key(&object),
-                uri: self.uri_of(&object),
+        let object = self.object_write(&object, serde_json::to_vec(&body), JSON, || {
+            format!("map run {id}'s records")
+        })?;
+        Ok(RecordWrite {
+            run: id.clone(),
+            seq,
+            logged,
+            object,
+        })
+    }
+
+    /// `object` and its body, serialised for [`put_object`]; a body that could not be
+    /// serialised is an error naming the object and `what` it holds.
+    fn object_write<E: std::fmt::Display>(
+        &self,
+        object: &str,
+        body: Result<Vec<u8>, E>,
+        content_type: &'static str,
+        what: impl FnOnce() -> String,
+    ) -> Result<ObjectWrite, StateError> {
+        match body {
+            Ok(body) => Ok(ObjectWrite {
+                key: self.key(object),
+                uri: self.uri_of(object),
                 body,
+                content_type,
             }),
             Err(e) => Err(StateError::Corrupt {
-                uri: self.uri_of(&object),
-                reason: format!("cannot serialise map run {id}'s records: {e}"),
+                uri: self.uri_of(object),
+                reason: format!("cannot serialise {}: {e}", what()),
             }),
         }
     }
@@ -425,19 +451,15 @@ impl StateStore {
             start: segment.start,
             children,
         };
-        match bincode::serde::encode_to_vec(&body, bincode::config::standard()) {
-            Ok(body) => Ok(SegmentWrite {
-                run: id.clone(),
-                segment,
-                key: self.key(&object),
-                uri: self.uri_of(&object),
-                body,
-            }),
-            Err(e) => Err(StateError::Corrupt {
-                uri: self.uri_of(&object),
-                reason: format!("cannot serialise map run {id}'s children: {e}"),
-            }),
-        }
+        let body = bincode::serde::encode_to_vec(&body, bincode::config::standard());
+        let object = self.object_write(&object, body, "application/octet-stream", || {
+            format!("map run {id}'s children")
+        })?;
+        Ok(SegmentWrite {
+            run: id.clone(),
+            segment,
+            object,
+        })
     }
 
     /// Writes serialised children and record segments, [`ARCHIVE_IO`] at a time, owning
@@ -451,18 +473,8 @@ impl StateStore {
         let (s3, bucket) = (self.s3.clone(), self.bucket.clone());
         let writes: Vec<ObjectWrite> = children
             .into_iter()
-            .map(|w| ObjectWrite {
-                key: w.key,
-                uri: w.uri,
-                body: w.body,
-                content_type: "application/octet-stream",
-            })
-            .chain(records.into_iter().map(|w| ObjectWrite {
-                key: w.key,
-                uri: w.uri,
-                body: w.body,
-                content_type: "application/json",
-            }))
+            .map(|w| w.object)
+            .chain(records.into_iter().map(|w| w.object))
             .collect();
         async move {
             let puts = writes
@@ -531,21 +543,17 @@ impl StateStore {
                 version: STATE_VERSION,
                 run: r,
             };
-            match serde_json::to_vec(&body) {
-                Ok(body) => writes.push(ArchiveWrite {
+            let body = serde_json::to_vec(&body);
+            match self.object_write(&object, body, JSON, || format!("map run {id}")) {
+                Ok(object) => writes.push(ArchiveWrite {
                     archived: ArchivedRun {
                         id: id.clone(),
                         redrive_count: r.run.redrive_count,
                     },
-                    key: self.key(&object),
-                    uri: self.uri_of(&object),
-                    body,
+                    object,
                 }),
                 Err(e) => {
-                    first_error.get_or_insert(StateError::Corrupt {
-                        uri: self.uri_of(&object),
-                        reason: format!("cannot serialise map run {id}: {e}"),
-                    });
+                    first_error.get_or_insert(e);
                 }
             }
         }
@@ -563,7 +571,7 @@ impl StateStore {
         async move {
             let puts = writes
                 .into_iter()
-                .map(|w| put_archive(s3.clone(), bucket.clone(), w.key, w.uri, w.body, w.archived));
+                .map(|w| put_archive(s3.clone(), bucket.clone(), w));
             let results: Vec<Result<ArchivedRun, StateError>> = futures::stream::iter(puts)
                 .buffered(ARCHIVE_IO)
                 .collect()
@@ -647,13 +655,13 @@ impl StateStore {
         body: Vec<u8>,
     ) -> impl Future<Output = Result<(), StateError>> + Send + 'static {
         let object = SLOTS[(generation % 2) as usize];
-        let (s3, bucket) = (self.s3.clone(), self.bucket.clone());
-        let (key, uri) = (self.key(object), self.uri_of(object));
-        async move {
-            put_bytes(&s3, &bucket, &key, Bytes::from(body), "application/json")
-                .await
-                .map_err(|source| StateError::Store { uri, source })
-        }
+        let write = ObjectWrite {
+            key: self.key(object),
+            uri: self.uri_of(object),
+            body,
+            content_type: JSON,
+        };
+        put_object(self.s3.clone(), self.bucket.clone(), write)
     }
 
     /// The snapshot of `generation` is durable: the next one goes to the other slot.
@@ -821,23 +829,15 @@ async fn read_records(
 /// A finished run's archive, serialised ([`StateStore::archive_bodies`]).
 pub struct ArchiveWrite {
     pub archived: ArchivedRun,
-    key: String,
-    uri: String,
-    body: Vec<u8>,
+    object: ObjectWrite,
 }
 
 async fn put_archive(
     s3: Client,
     bucket: String,
-    key: String,
-    uri: String,
-    body: Vec<u8>,
-    archived: ArchivedRun,
+    w: ArchiveWrite,
 ) -> Result<ArchivedRun, StateError> {
-    put_bytes(&s3, &bucket, &key, Bytes::from(body), "application/json")
-        .await
-        .map(|()| archived)
-        .map_err(|source| StateError::Store { uri, source })
+    put_object(s3, bucket, w.object).await.map(|()| w.archived)
 }
 
 enum Slot {

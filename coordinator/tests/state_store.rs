@@ -19,6 +19,18 @@ use fleetmap_protocol::{AnomalyCounts, ItemStatus, OutcomeMessage};
 
 const BUCKET: &str = "state";
 
+/// A run still open, as a checkpoint holds it.
+fn open_ref<'a>(
+    run: &'a MapRun,
+    spec: &'a RunSpec,
+    segments: Vec<SegmentRef>,
+) -> RunSnapshotRef<'a> {
+    RunSnapshotRef {
+        finalized: false,
+        ..snapshot_ref(run, spec, segments)
+    }
+}
+
 /// A checkpoint of `generation`: `runs` inline, `archived` named.
 fn checkpoint(
     generation: u64,
@@ -381,8 +393,7 @@ async fn children_are_written_once_in_segments_and_read_back_with_an_inline_tail
         .join("children")
         .join("run-open");
     assert!(dir.join("0-4.bin").is_file() && dir.join("4-7.bin").is_file());
-    let mut open = snapshot_ref(&run, &spec, segments);
-    open.finalized = false;
+    let mut open = open_ref(&run, &spec, segments);
     open.tail = Some(run.children_segment(7..10));
     let generation = store.next_generation();
     let body = checkpoint(generation, 1, vec![open], &[]);
@@ -416,8 +427,7 @@ async fn a_missing_or_swapped_segment_stops_the_start_and_names_it() {
     let (other, _) = finished_run("run-y", 0, 6);
     let segments = write_children(&store, &run, &[(0, 3), (3, 6)]).await;
     write_children(&store, &other, &[(0, 3)]).await;
-    let mut open = snapshot_ref(&run, &spec, segments);
-    open.finalized = false;
+    let open = open_ref(&run, &spec, segments);
     let generation = store.next_generation();
     store
         .save(generation, checkpoint(generation, 1, vec![open], &[]))
@@ -472,8 +482,7 @@ async fn a_state_version_2_checkpoint_is_read_with_its_inline_children() {
     let (run, spec) = finished_run("run-v2", 0, 3);
     // What version 2 wrote: the children inside the run, a letter and an attempt number
     // per child. Built from this version's JSON, as the shapes are otherwise the same.
-    let mut open = snapshot_ref(&run, &spec, Vec::new());
-    open.finalized = false;
+    let open = open_ref(&run, &spec, Vec::new());
     let mut json: serde_json::Value =
         serde_json::from_slice(&checkpoint(1, 1, vec![open], &[])).unwrap();
     json["version"] = 2.into();
@@ -542,8 +551,7 @@ async fn records_are_written_once_in_segments_and_read_back_with_the_inline_rest
     store.write_segments(Vec::new(), vec![w]).await.unwrap();
     run.trim_record_log(3);
     let children = write_children(&store, &run, &[(0, 6)]).await;
-    let mut open = snapshot_ref(&run, &spec, children);
-    open.finalized = false;
+    let mut open = open_ref(&run, &spec, children);
     open.record_segments = vec![0];
     open.records = run.logged_records(run.record_log_len());
     let generation = store.next_generation();
