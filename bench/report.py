@@ -116,12 +116,14 @@ for name, field, what, unit in (
         ("B5-coord-state", "backlog_start_seconds", "StartMapRun of every backlogged run", "s"),
         ("B5-coord-state", "checkpoint_bytes", "checkpoint size with every run started", "B"),
         ("B5-coord-state", "segment_bytes", "children segments, written once", "B"),
-        ("B5-coord-state", "bytes_per_open_item", "coordinator bytes per pending item", "B")):
+        ("B5-coord-state", "bytes_per_open_item", "coordinator bytes per pending item", "B"),
+        ("B5-coord-state", "hwm_open_kib", "coordinator peak RSS while the open runs are planned",
+         "KiB")):
     v, n = med(name, "fleetmap", field)
     if n:
         r = runs[(name, "fleetmap")][0]
         scale = (f"`--state-uri`, {r['open_runs']:,} open runs × {r['items_per_run']:,} items + "
                  f"{r.get('backlog_runs', 0):,} backlogged, {r['clients']} clients")
-        shown = f"{v:,.2f} s" if unit == "s" else f"{v:,.0f} B"
+        shown = {"s": f"{v:,.2f} s", "B": f"{v:,.0f} B", "KiB": f"{v / 1024:,.0f} MiB"}[unit]
         out.append(f"| {name} | {what} ({scale}) | {shown} (n={n}) | — | — | (info) |")
 print("\n".join(out))

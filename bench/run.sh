@@ -332,16 +332,18 @@ if want B4; then
 fi
 
 B5_PARTS=${BENCH_B5_PARTS:-"coord state worker"}   # any of them
+# The scale for the coordinator: 1,000 open runs x 10,000 items (~0.5 GB at ~50 B
+# an item) + 10,000 backlogged; BENCH_COORD_OPEN_RUNS sets fewer open runs.
+if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=1000; MEMBACKLOG=10000; fi
+MEMRUNS=${BENCH_COORD_OPEN_RUNS:-$MEMRUNS}
+if want B5 && [[ " $B5_PARTS " == *" coord "* || " $B5_PARTS " == *" state "* ]]; then
+  "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" 10000
+fi
 if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
   # Coordinator memory, no workers (nothing consumes; each run has MaxConcurrency 1, so one
   # item per open run waits in RabbitMQ). 1) open runs of one item: bytes per open run;
   # 2) open runs of 10,000 items plus a backlog: bytes per item and per backlogged run.
-  # The scale: 1,000 open runs x 10,000 items (~0.5 GB at ~50 B an item);
-  # BENCH_COORD_OPEN_RUNS sets fewer.
-  if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=1000; MEMBACKLOG=10000; fi
-  MEMRUNS=${BENCH_COORD_OPEN_RUNS:-$MEMRUNS}
   "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-1.csv" 1
-  "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" 10000
   log "B5 coordinator: 1,000 open runs of 1 item"
   coordinator_up coordinator
   "$PY" "$BENCH/b45.py" coord-mem --api "$API" --pid "$(pid_of coordinator)" --bench B5-coord-runs \
@@ -357,12 +359,9 @@ if want B5 && [[ " $B5_PARTS " == *" coord "* ]]; then
   rabbitmqctl -q purge_queue "$FLEETMAP_QUEUE_PREFIX.items" >/dev/null 2>&1 || true
 fi
 if want B5 && [[ " $B5_PARTS " == *" state "* ]]; then
-  if [ $QUICK = 1 ]; then MEMRUNS=20; MEMBACKLOG=1000; else MEMRUNS=1000; MEMBACKLOG=10000; fi
-  MEMRUNS=${BENCH_COORD_OPEN_RUNS:-$MEMRUNS}
-  "$PY" "$BENCH/b45.py" manifest "s3://$DATA_BUCKET/b5/manifest-10000.csv" 10000
-  # 3) the coordinator's second step again, with --state-uri: every StartMapRun is answered once a checkpoint holds it,
-  # so this measures what the checkpoint costs at the scale (its size, the children
-  # segments written once beside it), with 16 callers starting runs at once.
+  # 3) step 2 again, with --state-uri: every StartMapRun is answered once a checkpoint holds
+  # it, so this measures what the checkpoint costs at the scale (its size, the
+  # children segments written once beside it, the peak RSS), 16 callers starting runs.
   log "B5 coordinator, --state-uri: $MEMRUNS open runs x 10,000 items + $MEMBACKLOG in the backlog"
   B5STATE="fleetmap-state/$FLEETMAP_QUEUE_PREFIX-b5"
   rm -rf "${RUN_DIR:?}/s3/$RESULTS_BUCKET/$B5STATE"
