@@ -1,9 +1,9 @@
 //! B4's no-op worker: the control plane alone, with the data plane taken out.
 //!
 //! It speaks exactly the worker's AMQP protocol (`worker/src/consumer.rs`): consume
-//! `{prefix}.items` with a prefetch, decode each [`ItemMessage`], publish a `Succeeded`
-//! [`OutcomeMessage`] to `{prefix}.outcomes` with a publisher confirm, and ack the item only
-//! once that confirm is in. It reads and writes nothing in S3, so what B4 measures is the
+//! `{prefix}.items` with a prefetch, decode each [`ItemMessage`] or pack of them, publish a
+//! `Succeeded` [`OutcomeMessage`] per child to `{prefix}.outcomes` (a pack's together) with
+//! publisher confirms, and ack the delivery only once those confirms are in. It reads and writes nothing in S3, so what B4 measures is the
 //! coordinator plus RabbitMQ: dispatch, confirms, outcome application, credit windows.
 //!
 //! ```text
@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fleetmap_protocol::{AnomalyCounts, ItemMessage, ItemStatus, OutcomeMessage, Topology, amqp};
+use fleetmap_protocol::{
+    AnomalyCounts, ItemMessage, ItemStatus, Items, OutcomeMessage, Topology, amqp, encode_outcomes,
+};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -155,7 +157,8 @@ async fn start_consumer(
     Ok((conn, task))
 }
 
-/// Succeeds the item at once: outcome published and confirmed, then the item acked.
+/// Succeeds the item (or every child of a pack) at once: outcomes published and confirmed,
+/// then the delivery acked.
 async fn answer(
     d: lapin::message::Delivery,
     started_ms: i64,
@@ -164,33 +167,32 @@ async fn answer(
     worker_id: String,
     stats: &Stats,
 ) {
-    let item = match ItemMessage::decode(&d.data) {
-        Ok(item) => item,
+    let items = match Items::decode(&d.data) {
+        Ok(items) => items.into_items(),
         Err(_) => {
             stats.rejected.fetch_add(1, Ordering::Relaxed);
             let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
     };
-    let outcome = outcome_for(&item, worker_id, started_ms);
-    let confirmed = match outcome.encode() {
-        Ok(body) => match publish
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(outcomes.to_owned()),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-        {
-            Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack()),
-            Err(_) => false,
-        },
+    let answers: Vec<_> = items
+        .iter()
+        .map(|item| outcome_for(item, worker_id.clone(), started_ms))
+        .collect();
+    let confirmed = match encode_outcomes(&answers) {
+        Ok(bodies) => {
+            let props = BasicProperties::default().with_delivery_mode(2);
+            let messages: Vec<_> = bodies.into_iter().map(|b| (b, props.clone())).collect();
+            amqp::publish_confirmed(publish, outcomes, &messages)
+                .await
+                .is_ok()
+        }
         Err(_) => false,
     };
     if confirmed {
-        stats.items.fetch_add(1, Ordering::Relaxed);
+        stats
+            .items
+            .fetch_add(answers.len() as u64, Ordering::Relaxed);
         stats.last_outcome_ms.fetch_max(now_ms(), Ordering::Relaxed);
         let _ = d.acker.ack(BasicAckOptions::default()).await;
     } else {

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use fleetmap_objstore::S3Uri;
-use fleetmap_protocol::{InputType, ItemMessage, OutcomeMessage, Topology, amqp, errors};
+use fleetmap_protocol::{
+    InputType, ItemMessage, ItemPack, Items, OutcomeMessage, PackedChild, Topology, amqp,
+    decode_outcomes, errors,
+};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
@@ -82,7 +85,24 @@ pub struct CoordinatorConfig {
     /// Where to checkpoint (`s3://bucket/prefix/`); `None` keeps state in memory only and
     /// acks outcomes at once (a one-shot `fleetmap run`, tests of other things).
     pub state: Option<S3Uri>,
+    /// Small child executions of one run sent together in one message, at most; 1 sends
+    /// each alone. See [`fleetmap_protocol::ItemPack`] and [`PACKABLE_READINGS`].
+    pub children_per_message: usize,
 }
+
+impl CoordinatorConfig {
+    /// 16 tiny files a message cut the broker's and the coordinator's CPU per child
+    /// execution by an order of magnitude (BENCHMARKS.md, B3 tiny), while a pack of
+    /// children of at most [`PACKABLE_READINGS`] readings is still well under a second of a
+    /// worker's time.
+    pub const DEFAULT_CHILDREN_PER_MESSAGE: usize = 16;
+}
+
+/// A child execution of at most this many readings (as its footer told) may share a message
+/// with others of its run; bigger ones, and those whose size is unknown (CSV, JSON, a
+/// footer that could not be read), always travel alone, so a pack never holds a worker for
+/// long or keeps other workers idle.
+pub const PACKABLE_READINGS: u64 = 10_000;
 
 /// Checkpoint at most this often under a stream of outcomes, so one PUT covers many.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
@@ -262,6 +282,7 @@ impl Coordinator {
         };
         let mut engine = Engine {
             topology: cfg.topology,
+            children_per_message: cfg.children_per_message.max(1),
             s3,
             amqp_url: cfg.amqp_url,
             link: Some(link),
@@ -510,8 +531,16 @@ async fn broker_wake(link: &mut Option<Link>, rc: &mut Reconnect) -> BrokerWake 
     BrokerWake::AttemptDue
 }
 
+/// Children published in one message, waiting for the broker's confirm.
+struct Unconfirmed {
+    run: RunId,
+    children: Vec<(u32, u32)>,
+    confirm: lapin::PublisherConfirm,
+}
+
 struct Engine {
     topology: Topology,
+    children_per_message: usize,
     s3: Client,
     amqp_url: String,
     /// The broker session; `None` while reconnecting.
@@ -1593,24 +1622,22 @@ impl Engine {
         if let Err(e) = sent {
             // Confirms still outstanding on a failed channel will never be trustworthy:
             // treat them all as lost.
-            self.republish.extend(
-                pending
-                    .into_iter()
-                    .map(|(id, exec, attempt, _)| (id, exec, attempt)),
-            );
+            for p in pending {
+                self.requeue(&p.run, &p.children);
+            }
             return Err(e);
         }
         let mut lost = None;
-        for (id, exec, attempt, confirm) in pending {
-            match confirm.await {
+        for p in pending {
+            match p.confirm.await {
                 Ok(c) if c.is_ack() => {}
                 Ok(_) => {
-                    warn!(run = %id, execution = exec, "item publish not confirmed; publishing again");
-                    self.republish.push_back((id, exec, attempt));
+                    warn!(run = %p.run, execution = p.children[0].0, children = p.children.len(), "item publish not confirmed; publishing again");
+                    self.requeue(&p.run, &p.children);
                 }
                 Err(source) => {
-                    debug!(run = %id, execution = exec, error = %source, "item publish unconfirmed when the session died");
-                    self.republish.push_back((id, exec, attempt));
+                    debug!(run = %p.run, execution = p.children[0].0, error = %source, "item publish unconfirmed when the session died");
+                    self.requeue(&p.run, &p.children);
                     lost.get_or_insert(CoordinatorError::Amqp {
                         what: "confirm item",
                         source,
@@ -1621,14 +1648,25 @@ impl Engine {
         lost.map_or(Ok(()), Err)
     }
 
+    /// Queues children whose message may be lost to go out again, same attempt.
+    fn requeue(&mut self, run: &RunId, children: &[(u32, u32)]) {
+        self.republish.extend(
+            children
+                .iter()
+                .map(|&(exec, attempt)| (run.clone(), exec, attempt)),
+        );
+    }
+
     /// Publishes `republish` first, then new executions round-robin, collecting confirms in
-    /// `pending`. On a failed publish the item in hand goes back to `republish`.
+    /// `pending`. On a failed publish the items in hand go back to `republish`.
     async fn publish_due(
         &mut self,
         publish: &Channel,
-        pending: &mut Vec<(RunId, u32, u32, lapin::PublisherConfirm)>,
+        pending: &mut Vec<Unconfirmed>,
     ) -> Result<(), CoordinatorError> {
         let now = now_ms();
+        // Sent again one by one: a rare path (a nack, a lost session), and a redelivered
+        // child alone is the one a poison item needs.
         while let Some((id, exec, attempt)) = self.republish.pop_front() {
             // Skip what moved on meanwhile (an outcome arrived, the run was aborted): the
             // worker's answer for this attempt would be ignored anyway.
@@ -1639,8 +1677,13 @@ impl Engine {
             if !current {
                 continue;
             }
-            match self.publish_item(publish, &id, exec, attempt).await {
-                Ok(Some(c)) => pending.push((id, exec, attempt, c)),
+            let children = vec![(exec, attempt)];
+            match self.publish_children(publish, &id, &children).await {
+                Ok(Some(confirm)) => pending.push(Unconfirmed {
+                    run: id,
+                    children,
+                    confirm,
+                }),
                 Ok(None) => {}
                 Err(e) => {
                     self.republish.push_front((id, exec, attempt));
@@ -1655,21 +1698,28 @@ impl Engine {
             let mut progressed = false;
             for k in 0..n {
                 let id = self.open[(start + k) % n].clone();
-                let Some((exec, attempt)) = self
-                    .runs
-                    .get_mut(&id)
-                    .and_then(|e| e.run.next_dispatch(now))
-                else {
+                let Some(messages) = self.next_messages(&id, now) else {
                     continue;
                 };
                 progressed = true;
-                match self.publish_item(publish, &id, exec, attempt).await {
-                    Ok(Some(c)) => pending.push((id, exec, attempt, c)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        // Marked running by `next_dispatch`: it must go out again.
-                        self.republish.push_back((id, exec, attempt));
-                        return Err(e);
+                // Marked running by `next_dispatch`: whatever is not published must go out
+                // again.
+                let mut messages = messages.into_iter();
+                while let Some(children) = messages.next() {
+                    match self.publish_children(publish, &id, &children).await {
+                        Ok(Some(confirm)) => pending.push(Unconfirmed {
+                            run: id.clone(),
+                            children,
+                            confirm,
+                        }),
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.requeue(&id, &children);
+                            for rest in messages {
+                                self.requeue(&id, &rest);
+                            }
+                            return Err(e);
+                        }
                     }
                 }
                 if pending.len() >= PUBLISH_BATCH {
@@ -1683,40 +1733,113 @@ impl Engine {
         Ok(())
     }
 
-    async fn publish_item(
+    /// The run's next message worth of children, marked running: one child, or up to
+    /// `children_per_message` small ones (see [`PACKABLE_READINGS`]). A pack takes at most a
+    /// quarter of the run's `MaxConcurrency` and of its children read so far, so a run's
+    /// credit, and a small run's few children, still spread over several workers. (Not of
+    /// the children waiting: with room in the window those are only what the reader found
+    /// since the last dispatch, a few, and packs would never form while a run is read.)
+    /// When the child after a pack is not small it is already running, so it comes back as
+    /// a message of its own.
+    fn next_messages(&mut self, id: &RunId, now: i64) -> Option<Vec<Vec<(u32, u32)>>> {
+        let per_message = self.children_per_message;
+        let run = &mut self.runs.get_mut(id)?.run;
+        let first = run.next_dispatch(now)?;
+        let quarter = |n: u64| usize::try_from(n / 4).unwrap_or(usize::MAX);
+        let limit = per_message
+            .min(quarter(run.window()))
+            .min(quarter(run.counts().total));
+        let packable = |run: &MapRun, exec: u32| {
+            run.child(exec)
+                .and_then(|c| c.items)
+                .is_some_and(|n| n <= PACKABLE_READINGS)
+        };
+        let mut pack = vec![first];
+        if limit < 2 || !packable(run, first.0) {
+            return Some(vec![pack]);
+        }
+        while pack.len() < limit {
+            let Some(next) = run.next_dispatch(now) else {
+                break;
+            };
+            if !packable(run, next.0) {
+                return Some(vec![pack, vec![next]]);
+            }
+            pack.push(next);
+        }
+        Some(vec![pack])
+    }
+
+    /// Publishes `children` of run `id` as one message: an [`ItemMessage`] for one, an
+    /// [`ItemPack`] for more. `None` when there is nothing left to send.
+    async fn publish_children(
         &mut self,
         publish: &Channel,
         id: &RunId,
-        execution: u32,
-        attempt: u32,
+        children: &[(u32, u32)],
     ) -> Result<Option<lapin::PublisherConfirm>, CoordinatorError> {
         let Some(e) = self.runs.get(id) else {
             return Ok(None);
         };
-        let Some(child) = e.run.child(execution) else {
-            return Ok(None);
+        let encoded = if let [(execution, attempt)] = *children {
+            let Some(child) = e.run.child(execution) else {
+                return Ok(None);
+            };
+            ItemMessage {
+                run_id: id.0.clone(),
+                execution,
+                attempt,
+                input_type: e.spec.input_type,
+                bucket: child.bucket.to_owned(),
+                key: child.key.to_owned(),
+                row_groups: child.row_groups,
+                first_index: child.first_index,
+                result: e.spec.results.clone(),
+                analysis_time_ms: e.run.created_ms,
+                thresholds: e.spec.thresholds,
+            }
+            .encode()
+        } else {
+            let children: Vec<_> = children
+                .iter()
+                .filter_map(|&(execution, attempt)| {
+                    let child = e.run.child(execution)?;
+                    Some(PackedChild {
+                        execution,
+                        attempt,
+                        bucket: child.bucket.to_owned(),
+                        key: child.key.to_owned(),
+                        row_groups: child.row_groups,
+                        first_index: child.first_index,
+                    })
+                })
+                .collect();
+            if children.is_empty() {
+                return Ok(None);
+            }
+            ItemPack {
+                run_id: id.0.clone(),
+                input_type: e.spec.input_type,
+                result: e.spec.results.clone(),
+                analysis_time_ms: e.run.created_ms,
+                thresholds: e.spec.thresholds,
+                children,
+            }
+            .encode()
         };
-        let item = ItemMessage {
-            run_id: id.0.clone(),
-            execution,
-            attempt,
-            input_type: e.spec.input_type,
-            bucket: child.bucket.to_owned(),
-            key: child.key.to_owned(),
-            row_groups: child.row_groups,
-            first_index: child.first_index,
-            result: e.spec.results.clone(),
-            analysis_time_ms: e.run.created_ms,
-            thresholds: e.spec.thresholds,
-        };
-        let body = item.encode().map_err(|source| CoordinatorError::Encode {
+        let body = encoded.map_err(|source| CoordinatorError::Encode {
             run: id.0.clone(),
             source,
         })?;
+        let (execution, attempt) = children[0];
+        let message_id = match children.len() {
+            1 => format!("{id}/{execution}/{attempt}"),
+            n => format!("{id}/{execution}/{attempt}+{}", n - 1),
+        };
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/x-fleetmap".into())
-            .with_message_id(ShortString::from(format!("{id}/{execution}/{attempt}")));
+            .with_message_id(ShortString::from(message_id));
         let confirm = publish
             .basic_publish(
                 ShortString::from(""),
@@ -1727,28 +1850,15 @@ impl Engine {
             )
             .await
             .map_err(amqp_err("publish item"))?;
-        debug!(run = %id, execution, attempt, "item published");
+        debug!(run = %id, execution, attempt, children = children.len(), "item published");
         Ok(Some(confirm))
     }
 
     async fn outcome(&mut self, d: lapin::message::Delivery) {
-        match OutcomeMessage::decode(&d.data) {
-            Ok(o) => {
-                let id = RunId(o.run_id.clone());
-                match self.runs.get_mut(&id) {
-                    Some(e) => match e.run.apply_outcome(&o, now_ms()) {
-                        Applied::Recorded => {
-                            self.executions_finished += 1;
-                            m::execution_finished(&o);
-                            self.settle(&id);
-                        }
-                        Applied::RetryScheduled { due_ms } => {
-                            m::execution_finished(&o);
-                            debug!(run = %id, execution = o.execution, due_ms, "retry scheduled");
-                        }
-                        Applied::Ignored(why) => debug!(run = %id, why, "outcome ignored"),
-                    },
-                    None => warn!(run = %id, "outcome for an unknown map run dropped"),
+        match decode_outcomes(&d.data) {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    self.apply_outcome(o);
                 }
                 self.ack_when_durable(d.acker).await;
             }
@@ -1759,35 +1869,63 @@ impl Engine {
         }
     }
 
+    fn apply_outcome(&mut self, o: &OutcomeMessage) {
+        let id = RunId(o.run_id.clone());
+        match self.runs.get_mut(&id) {
+            Some(e) => match e.run.apply_outcome(o, now_ms()) {
+                Applied::Recorded => {
+                    self.executions_finished += 1;
+                    m::execution_finished(o);
+                    self.settle(&id);
+                }
+                Applied::RetryScheduled { due_ms } => {
+                    m::execution_finished(o);
+                    debug!(run = %id, execution = o.execution, due_ms, "retry scheduled");
+                }
+                Applied::Ignored(why) => debug!(run = %id, why, "outcome ignored"),
+            },
+            None => warn!(run = %id, "outcome for an unknown map run dropped"),
+        }
+    }
+
+    /// A message that took its workers down `delivery_limit` times. Workers split a pack
+    /// they get a second time, so a dead-lettered pack is rare (a limit of 1); each of its
+    /// children fails as a poison item would.
     async fn dead_item(&mut self, d: lapin::message::Delivery) {
-        match ItemMessage::decode(&d.data) {
-            Ok(item) => {
-                let id = RunId(item.run_id.clone());
-                let cause = format!(
-                    "item {} was delivered {} times without an outcome (its workers crashed or \
-                     were killed) and was dead-lettered",
-                    item.source_uri(),
-                    self.topology.delivery_limit
-                );
-                if let Some(e) = self.runs.get_mut(&id) {
-                    let applied = e.run.apply_failure(
-                        item.execution,
-                        item.attempt,
-                        errors::RUNTIME,
-                        cause,
-                        now_ms(),
-                    );
-                    if applied == Applied::Recorded {
-                        self.executions_finished += 1;
-                        warn!(run = %id, execution = item.execution, "poison item failed its child execution");
-                        m::execution_failed(errors::RUNTIME);
-                        self.settle(&id);
-                    }
+        match Items::decode(&d.data) {
+            Ok(items) => {
+                for item in items.into_items() {
+                    self.dead_child(&item);
                 }
             }
             Err(err) => warn!(error = %err, "undecodable dead-lettered item dropped"),
         }
         self.ack_when_durable(d.acker).await;
+    }
+
+    fn dead_child(&mut self, item: &ItemMessage) {
+        let id = RunId(item.run_id.clone());
+        let cause = format!(
+            "item {} was delivered {} times without an outcome (its workers crashed or \
+             were killed) and was dead-lettered",
+            item.source_uri(),
+            self.topology.delivery_limit
+        );
+        if let Some(e) = self.runs.get_mut(&id) {
+            let applied = e.run.apply_failure(
+                item.execution,
+                item.attempt,
+                errors::RUNTIME,
+                cause,
+                now_ms(),
+            );
+            if applied == Applied::Recorded {
+                self.executions_finished += 1;
+                warn!(run = %id, execution = item.execution, "poison item failed its child execution");
+                m::execution_failed(errors::RUNTIME);
+                self.settle(&id);
+            }
+        }
     }
 
     /// Finishes a run that has nothing left to do: releases its open slot and writes results.

@@ -162,7 +162,7 @@ fn assert_same_answer(
 pub fn decode(data: &[u8]) -> String {
     let mut out = decode_both(data);
     if data.len() + 4 <= MAX_MESSAGE_BYTES {
-        for kind in [Kind::Item, Kind::Outcome] {
+        for kind in [Kind::Item, Kind::Outcome, Kind::ItemPack, Kind::OutcomePack] {
             let framed = [&[b'F', b'M', WIRE_VERSION, kind as u8][..], data].concat();
             out.push_str(" | ");
             out.push_str(&decode_both(&framed));
@@ -178,6 +178,20 @@ fn decode_both(data: &[u8]) -> String {
         item.is_err() || outcome.is_err(),
         "the same bytes decode as an item and as an outcome"
     );
+    let items = fleetmap_protocol::Items::decode(data);
+    let outcomes = fleetmap_protocol::decode_outcomes(data);
+    assert!(
+        items.is_err() || outcomes.is_err(),
+        "the same bytes decode as items and as outcomes"
+    );
+    let packs = format!(
+        "items: {}; outcomes: {}",
+        items.map_or_else(
+            |e| e.to_string(),
+            |i| format!("{} child(ren)", i.into_items().len())
+        ),
+        outcomes.map_or_else(|e| e.to_string(), |o| format!("{} outcome(s)", o.len()))
+    );
     if data.len() > MAX_MESSAGE_BYTES {
         assert!(
             matches!(item, Err(DecodeError::TooLarge { .. })),
@@ -191,7 +205,7 @@ fn decode_both(data: &[u8]) -> String {
         OutcomeMessage::encode,
         OutcomeMessage::decode,
     );
-    format!("item: {item}; outcome: {outcome}")
+    format!("item: {item}; outcome: {outcome}; {packs}")
 }
 
 fn re_encodes<T: Debug>(

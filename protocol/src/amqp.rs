@@ -13,9 +13,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use lapin::options::BasicPublishOptions;
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::LongString;
-use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::types::{LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 
 /// Environment variable naming a PEM file of extra CA certificates for `amqps://`; the URL's
 /// [`CA_FILE_PARAM`] wins over it.
@@ -52,6 +53,55 @@ impl fmt::Display for ConnectError {
         }
         Ok(())
     }
+}
+
+/// Why messages a worker published may not have reached their queue.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("publishing to {queue} failed: {source}")]
+    Amqp {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker nacked a message to {queue}")]
+    Nacked { queue: String },
+}
+
+/// Publishes `messages` to `queue` (the default exchange) on a channel in confirm mode, all
+/// before the first confirm is awaited, and waits for every confirm: one round trip for
+/// the lot, and `Ok` only once the broker holds them all.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    messages: &[(Vec<u8>, BasicProperties)],
+) -> Result<(), PublishError> {
+    let failed = |source| PublishError::Amqp {
+        queue: queue.to_owned(),
+        source,
+    };
+    let mut confirms = Vec::new();
+    for (body, props) in messages {
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body,
+                props.clone(),
+            )
+            .await
+            .map_err(failed)?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        if !confirm.await.map_err(failed)?.is_ack() {
+            return Err(PublishError::Nacked {
+                queue: queue.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.

@@ -24,6 +24,12 @@ const HEADER_LEN: usize = 4;
 pub enum Kind {
     Item = 1,
     Outcome = 2,
+    /// Several small child executions of one run ([`crate::messages::ItemPack`]). New kinds
+    /// are added, not the existing structs changed, so the wire version stays: a worker of
+    /// this version reads both, and an older one dead-letters a pack as undecodable.
+    ItemPack = 3,
+    /// The outcomes of several child executions ([`crate::messages::encode_outcomes`]).
+    OutcomePack = 4,
 }
 
 impl Kind {
@@ -31,6 +37,8 @@ impl Kind {
         match b {
             1 => Some(Kind::Item),
             2 => Some(Kind::Outcome),
+            3 => Some(Kind::ItemPack),
+            4 => Some(Kind::OutcomePack),
             _ => None,
         }
     }
@@ -49,6 +57,8 @@ pub enum DecodeError {
     UnsupportedVersion { got: u8 },
     #[error("message is of kind {got}, expected {expected:?}")]
     WrongKind { got: u8, expected: Kind },
+    #[error("message is of kind {got}, which this build does not know")]
+    UnknownKind { got: u8 },
     #[error("message body is not a valid {expected:?}: {reason}")]
     Body { expected: Kind, reason: String },
 }
@@ -97,8 +107,15 @@ pub fn encode<T: Serialize>(kind: Kind, msg: &T) -> Result<Vec<u8>, EncodeError>
     Ok(out)
 }
 
-/// Checks the envelope and decodes the body; trailing bytes are an error, not ignored.
-pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, DecodeError> {
+/// Checks the envelope's length, magic and version, and returns its kind: for a consumer
+/// that takes more than one kind from a queue.
+pub fn kind_of(bytes: &[u8]) -> Result<Kind, DecodeError> {
+    let byte = header(bytes)?;
+    Kind::from_byte(byte).ok_or(DecodeError::UnknownKind { got: byte })
+}
+
+/// The kind byte of a message whose length, magic and version are right.
+fn header(bytes: &[u8]) -> Result<u8, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::TooShort { len: bytes.len() });
     }
@@ -113,14 +130,14 @@ pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, De
     if bytes[2] != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion { got: bytes[2] });
     }
-    match Kind::from_byte(bytes[3]) {
-        Some(k) if k == expected => {}
-        _ => {
-            return Err(DecodeError::WrongKind {
-                got: bytes[3],
-                expected,
-            });
-        }
+    Ok(bytes[3])
+}
+
+/// Checks the envelope and decodes the body; trailing bytes are an error, not ignored.
+pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, DecodeError> {
+    let got = header(bytes)?;
+    if Kind::from_byte(got) != Some(expected) {
+        return Err(DecodeError::WrongKind { got, expected });
     }
     let body = &bytes[HEADER_LEN..];
     let (msg, used) = bincode::serde::decode_from_slice(body, decode_config()).map_err(|e| {

@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`envelope`]: magic, wire version and kind in front of every bincode payload, with a
 //!   decode size limit, so garbage and future versions are rejected instead of misread.
-//! - [`messages`]: [`ItemMessage`] (coordinator → worker) and [`OutcomeMessage`] (back).
+//! - [`messages`]: [`ItemMessage`] (coordinator → worker) and [`OutcomeMessage`] (back),
+//!   and their packs of several small child executions ([`ItemPack`], [`encode_outcomes`]).
 //! - [`rules`]: the anomaly thresholds of the AWS sample, as configuration with defaults.
 //! - [`errors`]: Step Functions error names (`States.*`) and fleetmap's own.
 //! - [`topology`]: queue and exchange names and their declaration on a channel.
@@ -23,8 +24,9 @@ pub mod topology;
 
 pub use envelope::{DecodeError, EncodeError, Kind, MAX_MESSAGE_BYTES, WIRE_VERSION};
 pub use messages::{
-    AnomalyCounts, DeviceAnomalies, InputType, ItemMessage, ItemStatus, MAX_CAUSE_BYTES,
-    OutcomeMessage, ResultTarget, bounded_cause,
+    AnomalyCounts, DeviceAnomalies, InputType, ItemMessage, ItemPack, ItemStatus, Items,
+    MAX_CAUSE_BYTES, OutcomeMessage, PackedChild, ResultTarget, bounded_cause, decode_outcomes,
+    encode_outcomes,
 };
 pub use rules::{AnomalyType, Thresholds};
 pub use topology::{Topology, TopologyError};

@@ -97,6 +97,87 @@ impl ItemMessage {
     }
 }
 
+/// Several small child executions of one run, in one broker message.
+///
+/// A message costs RabbitMQ, the coordinator and the worker a fixed amount each — a
+/// persistent write, a publisher confirm, a delivery, an ack — that for a file of a few
+/// dozen readings is most of what its child execution costs. The coordinator packs only
+/// children it knows to be small, so a pack is still a few seconds of work at most. Each
+/// child keeps its own attempt, outcome, result object and retries; only the transport is
+/// shared. What the children of a run have in common travels once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemPack {
+    pub run_id: String,
+    pub input_type: InputType,
+    pub result: ResultTarget,
+    pub analysis_time_ms: i64,
+    pub thresholds: Thresholds,
+    pub children: Vec<PackedChild>,
+}
+
+/// What differs between the children of an [`ItemPack`]; see [`ItemMessage`] for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedChild {
+    pub execution: u32,
+    pub attempt: u32,
+    pub bucket: String,
+    pub key: String,
+    pub row_groups: Option<(u32, u32)>,
+    pub first_index: u64,
+}
+
+impl ItemPack {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        envelope::encode(Kind::ItemPack, self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        envelope::decode(Kind::ItemPack, bytes)
+    }
+
+    /// Each child as the [`ItemMessage`] it would have been on its own.
+    pub fn items(&self) -> impl Iterator<Item = ItemMessage> + '_ {
+        self.children.iter().map(|c| ItemMessage {
+            run_id: self.run_id.clone(),
+            execution: c.execution,
+            attempt: c.attempt,
+            input_type: self.input_type,
+            bucket: c.bucket.clone(),
+            key: c.key.clone(),
+            row_groups: c.row_groups,
+            first_index: c.first_index,
+            result: self.result.clone(),
+            analysis_time_ms: self.analysis_time_ms,
+            thresholds: self.thresholds,
+        })
+    }
+}
+
+/// What one delivery from the items queue carries: one child execution or a pack of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Items {
+    One(ItemMessage),
+    Pack(ItemPack),
+}
+
+impl Items {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match envelope::kind_of(bytes)? {
+            Kind::ItemPack => ItemPack::decode(bytes).map(Items::Pack),
+            // An outcome (or an item) gets the item decoder's own error.
+            _ => ItemMessage::decode(bytes).map(Items::One),
+        }
+    }
+
+    /// The child executions, in message order.
+    pub fn into_items(self) -> Vec<ItemMessage> {
+        match self {
+            Items::One(item) => vec![item],
+            Items::Pack(pack) => pack.items().collect(),
+        }
+    }
+}
+
 /// Counts of anomalies by type, as the reference job names them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnomalyCounts {
@@ -194,6 +275,46 @@ impl OutcomeMessage {
     }
 }
 
+/// Encodes outcomes in as few messages as fit [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES):
+/// an outcome may list 256 devices or carry a 32 KiB cause, so a pack's outcomes do not
+/// always fit one. A lone outcome goes as a plain [`OutcomeMessage`].
+pub fn encode_outcomes(outcomes: &[OutcomeMessage]) -> Result<Vec<Vec<u8>>, EncodeError> {
+    // A pack's body is a varint count (at most 10 bytes) and the outcomes' bodies, so the
+    // sum of single messages' sizes bounds it from above.
+    const ROOM: usize = envelope::MAX_MESSAGE_BYTES - 10;
+    let mut messages = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, o) in outcomes.iter().enumerate() {
+        let one = o.encode()?.len();
+        if i > start && size + one > ROOM {
+            messages.push(encode_group(&outcomes[start..i])?);
+            start = i;
+            size = 0;
+        }
+        size += one;
+    }
+    if start < outcomes.len() {
+        messages.push(encode_group(&outcomes[start..])?);
+    }
+    Ok(messages)
+}
+
+fn encode_group(group: &[OutcomeMessage]) -> Result<Vec<u8>, EncodeError> {
+    match group {
+        [one] => one.encode(),
+        _ => envelope::encode(Kind::OutcomePack, &group),
+    }
+}
+
+/// Decodes a delivery from the outcomes queue: one outcome or a pack of them.
+pub fn decode_outcomes(bytes: &[u8]) -> Result<Vec<OutcomeMessage>, DecodeError> {
+    match envelope::kind_of(bytes)? {
+        Kind::OutcomePack => envelope::decode(Kind::OutcomePack, bytes),
+        _ => OutcomeMessage::decode(bytes).map(|o| vec![o]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +368,106 @@ mod tests {
         let bytes = item().encode().unwrap();
         assert!(bytes.len() < 300, "item message is {} bytes", bytes.len());
         assert_eq!(ItemMessage::decode(&bytes).unwrap(), item());
+    }
+
+    fn pack() -> ItemPack {
+        let one = item();
+        ItemPack {
+            run_id: one.run_id.clone(),
+            input_type: one.input_type,
+            result: one.result.clone(),
+            analysis_time_ms: one.analysis_time_ms,
+            thresholds: one.thresholds,
+            children: (0..16)
+                .map(|i| PackedChild {
+                    execution: i,
+                    attempt: 1,
+                    bucket: one.bucket.clone(),
+                    key: format!("tiny/part-{i:05}.parquet"),
+                    row_groups: None,
+                    first_index: u64::from(i) * 24,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_pack_carries_each_child_as_its_own_item_in_less_room() {
+        let p = pack();
+        let bytes = p.encode().unwrap();
+        // What the children share travels once: 16 items alone are ~16 × 150 bytes.
+        assert!(bytes.len() < 16 * 60, "pack of 16 is {} bytes", bytes.len());
+        let Items::Pack(decoded) = Items::decode(&bytes).unwrap() else {
+            panic!("a pack decoded as one item");
+        };
+        assert_eq!(decoded, p);
+        let items = Items::Pack(decoded).into_items();
+        assert_eq!(items.len(), 16);
+        assert_eq!(items[3].execution, 3);
+        assert_eq!(items[3].key, "tiny/part-00003.parquet");
+        assert_eq!(items[3].first_index, 72);
+        assert_eq!(items[3].thresholds, item().thresholds);
+        assert_eq!(
+            Items::decode(&item().encode().unwrap()).unwrap(),
+            Items::One(item())
+        );
+        // A pack is no outcome, and an outcome no item.
+        assert!(matches!(
+            decode_outcomes(&bytes).unwrap_err(),
+            DecodeError::WrongKind { got: 3, .. }
+        ));
+        assert!(matches!(
+            ItemMessage::decode(&bytes).unwrap_err(),
+            DecodeError::WrongKind { got: 3, .. }
+        ));
+        let mut unknown = bytes.clone();
+        unknown[3] = 9;
+        assert_eq!(
+            Items::decode(&unknown).unwrap_err(),
+            DecodeError::UnknownKind { got: 9 }
+        );
+    }
+
+    fn failed(execution: u32, cause_bytes: usize) -> OutcomeMessage {
+        OutcomeMessage {
+            run_id: "r".into(),
+            execution,
+            attempt: 1,
+            worker_id: "w".into(),
+            started_ms: 0,
+            finished_ms: 1,
+            bytes_read: 0,
+            status: ItemStatus::Failed {
+                error: "States.TaskFailed".into(),
+                cause: "x".repeat(cause_bytes),
+            },
+        }
+    }
+
+    #[test]
+    fn outcomes_share_messages_as_far_as_the_limit_allows() {
+        let small: Vec<_> = (0..16).map(|i| failed(i, 10)).collect();
+        let messages = encode_outcomes(&small).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(decode_outcomes(&messages[0]).unwrap(), small);
+
+        // Five outcomes of ~20 KiB: three fit one message, two the next.
+        let big: Vec<_> = (0..5).map(|i| failed(i, 20 * 1024)).collect();
+        let messages = encode_outcomes(&big).unwrap();
+        assert_eq!(messages.len(), 2);
+        let back: Vec<_> = messages
+            .iter()
+            .flat_map(|m| {
+                assert!(m.len() <= MAX_MESSAGE_BYTES);
+                decode_outcomes(m).unwrap()
+            })
+            .collect();
+        assert_eq!(back, big);
+
+        // Alone, an outcome travels as a plain one, which every consumer reads.
+        let one = encode_outcomes(&big[..1]).unwrap();
+        assert_eq!(OutcomeMessage::decode(&one[0]).unwrap(), big[0]);
+        assert!(encode_outcomes(&[]).unwrap().is_empty());
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl Harness {
                 topology: topology.clone(),
                 open_map_run_limit: open_limit,
                 state: None,
+                children_per_message: CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE,
             },
             client.clone(),
             coordinator_stop.clone(),

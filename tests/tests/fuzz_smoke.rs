@@ -308,7 +308,7 @@ static MOST_HELD_BY_A_DECODE: AtomicIsize = AtomicIsize::new(0);
 /// Decoding any bytes, bare or behind a valid header, holds at most
 /// [`DECODE_ALLOC_LIMIT`] bytes at once.
 fn decode_allocation_is_bounded(data: &[u8]) {
-    let framed: Vec<Vec<u8>> = [Kind::Item, Kind::Outcome]
+    let framed: Vec<Vec<u8>> = [Kind::Item, Kind::Outcome, Kind::ItemPack, Kind::OutcomePack]
         .iter()
         .map(|&k| [&[b'F', b'M', WIRE_VERSION, k as u8][..], data].concat())
         .collect();
@@ -316,6 +316,8 @@ fn decode_allocation_is_bounded(data: &[u8]) {
         let peak = peak_alloc(|| {
             let _ = ItemMessage::decode(bytes);
             let _ = OutcomeMessage::decode(bytes);
+            let _ = fleetmap_protocol::Items::decode(bytes);
+            let _ = fleetmap_protocol::decode_outcomes(bytes);
         });
         MOST_HELD_BY_A_DECODE.fetch_max(peak, Ordering::Relaxed);
         assert!(

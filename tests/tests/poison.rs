@@ -5,13 +5,35 @@
 use std::time::Duration;
 
 use fleetmap_coordinator::{ItemSource, PageRequest, RunStatus, Tolerance};
-use fleetmap_protocol::ItemMessage;
+use fleetmap_protocol::{ItemMessage, Items};
 use fleetmap_sample::GenConfig;
 use fleetmap_tests::ledger::Ledger;
 use fleetmap_tests::{DATA, Harness, amqp_url};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+
+/// A consumer of the items queue standing in for a worker that dies with what it holds
+/// (it nacks with requeue, which is what the broker does for a dead consumer's deliveries).
+async fn crasher(h: &Harness, prefetch: u16) -> (lapin::Connection, lapin::Consumer) {
+    let conn = fleetmap_protocol::amqp::connect(&amqp_url(), "fleetmap-test-crasher")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let consumer = ch
+        .basic_consume(
+            h.topology.items_queue().into(),
+            "crasher".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (conn, consumer)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
@@ -34,20 +56,7 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
     );
     let id = h.handle().start_run(spec).await.unwrap();
 
-    let conn = fleetmap_protocol::amqp::connect(&amqp_url(), "fleetmap-test-crasher")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-    let mut crasher = ch
-        .basic_consume(
-            h.topology.items_queue().into(),
-            "crasher".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (conn, mut crasher) = crasher(&h, 1).await;
     let mut crashes = 0;
     while crashes < h.topology.delivery_limit + 1 {
         let d = tokio::time::timeout(Duration::from_secs(10), crasher.next())
@@ -122,5 +131,91 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
         "{:?}",
         f.cause
     );
+    h.stop().await;
+}
+
+/// Small files travel several to a message. A pack that comes back from the broker (its
+/// worker died holding it) is split: each child goes back alone, so a poison child would
+/// meet the delivery limit by itself, and every reading is still written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_pack_is_split_into_single_items() {
+    let mut h = Harness::start(0, 1).await;
+    // 40 small files: enough waiting children for packs (a pack takes at most a quarter).
+    let cfg = GenConfig {
+        devices: 40,
+        ..GenConfig::default()
+    };
+    let generated = fleetmap_sample::generate_to_s3(&h.client, DATA, &cfg)
+        .await
+        .unwrap();
+    let files = generated.files.len();
+    assert!(files > 1, "the sample has several files");
+    // MaxConcurrency 0: no limit, so the small files may share messages.
+    let spec = Harness::spec(
+        ItemSource::AthenaManifest {
+            uri: format!("s3://{DATA}/{}", generated.manifest),
+        },
+        0,
+        Tolerance::default(),
+    );
+    let id = h.handle().start_run(spec).await.unwrap();
+
+    let (conn, mut crasher) = crasher(&h, 64).await;
+    // The first child goes out alone, as soon as its footer is read (time to first child
+    // execution); the rest, read meanwhile, share a message.
+    let (mut taken, mut packs) = (Vec::new(), 0);
+    let mut children = 0;
+    while children < files {
+        let d = tokio::time::timeout(Duration::from_secs(10), crasher.next())
+            .await
+            .expect("the run's items are published")
+            .unwrap()
+            .unwrap();
+        assert!(!d.redelivered);
+        children += match Items::decode(&d.data).unwrap() {
+            Items::One(_) => 1,
+            Items::Pack(p) => {
+                packs += 1;
+                p.children.len()
+            }
+        };
+        taken.push(d);
+    }
+    assert_eq!(children, files);
+    assert!(packs >= 1, "the sample's small files share messages");
+    for d in taken {
+        d.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+    }
+    let _ = conn.close(200, "crasher done".into()).await;
+
+    h.add_worker("worker-1", 2);
+    let d = h
+        .wait_until(&id, Duration::from_secs(60), "the run ends", |d| {
+            d.status.is_terminal()
+        })
+        .await;
+    assert_eq!(d.status, RunStatus::Succeeded, "{d:#?}");
+    assert_eq!(d.execution_counts.succeeded, files as u64);
+    assert_eq!(
+        h.stats
+            .packs_split
+            .load(std::sync::atomic::Ordering::Relaxed),
+        packs,
+        "every redelivered pack was split"
+    );
+    let records = h.result_records().await;
+    let ledger = Ledger::count(generated.readings_total, &records);
+    ledger.report(
+        "a redelivered pack",
+        "a consumer that takes every item message (packs among them) and drops each unacked once",
+        1,
+    );
+    ledger.assert_exact();
     h.stop().await;
 }

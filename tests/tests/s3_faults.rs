@@ -194,6 +194,7 @@ async fn start_coordinator(
             topology: topology.clone(),
             open_map_run_limit: 10,
             state: Some(state),
+            children_per_message: CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE,
         },
         s3.clone(),
         stop.clone(),

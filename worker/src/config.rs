@@ -10,7 +10,9 @@ pub struct WorkerConfig {
     pub topology: Topology,
     /// Names this worker in outcomes, logs and child execution histories.
     pub worker_id: String,
-    /// Child executions processed at once. Each holds at most one row group in memory.
+    /// Deliveries processed at once: each is one child execution, holding at most one row
+    /// group in memory, or a pack of small ones (10,000 readings at most each) run side by
+    /// side.
     pub concurrency: usize,
     /// How long a SIGTERM'd worker waits for in-flight items before giving them back to
     /// the broker (they are redelivered elsewhere). Keep it below Kubernetes'

@@ -1,5 +1,8 @@
 //! The worker's AMQP loop: take an item, process it, confirm its outcome, then ack.
 //!
+//! A delivery is one child execution or a pack of small ones of one run
+//! ([`ItemPack`]), which run side by side and answer with their outcomes together.
+//!
 //! Order matters for "nothing lost": an item is acked only after its results are written and
 //! the broker has confirmed its outcome, so a worker killed at any point leaves the item
 //! unacked and RabbitMQ redelivers it. Results keys are deterministic per child execution,
@@ -16,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
-use fleetmap_protocol::{ItemMessage, ItemStatus, OutcomeMessage, amqp};
+use fleetmap_protocol::{
+    EncodeError, ItemMessage, ItemPack, ItemStatus, Items, OutcomeMessage, amqp, encode_outcomes,
+};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -57,6 +62,8 @@ pub struct WorkerStats {
     pub items_succeeded: AtomicU64,
     pub items_failed: AtomicU64,
     pub items_rejected: AtomicU64,
+    /// Packs that came back from the broker and were sent on as single items.
+    pub packs_split: AtomicU64,
     pub sessions: AtomicU64,
     /// True while a session is consuming the items queue: the worker's readiness. A worker
     /// that is up but has no broker takes no work, and a rollout must not count it as ready.
@@ -222,6 +229,7 @@ async fn session(
             s3: s3.clone(),
             publish: publish.clone(),
             outcomes_queue: outcomes_queue.clone(),
+            items_queue: cfg.topology.items_queue(),
             worker_id: cfg.worker_id.clone(),
             stats: stats.clone(),
             options: ProcessOptions {
@@ -266,6 +274,7 @@ struct ItemCtx {
     s3: Client,
     publish: Channel,
     outcomes_queue: String,
+    items_queue: String,
     worker_id: String,
     stats: Arc<WorkerStats>,
     options: ProcessOptions,
@@ -274,8 +283,8 @@ struct ItemCtx {
 
 impl ItemCtx {
     async fn handle(self, d: lapin::message::Delivery) {
-        let item = match ItemMessage::decode(&d.data) {
-            Ok(item) => item,
+        let items = match Items::decode(&d.data) {
+            Ok(items) => items,
             Err(e) => {
                 // Garbage or a future wire version: dead-letter it, keep consuming.
                 warn!(error = %e, bytes = d.data.len(), "undecodable item dead-lettered");
@@ -284,6 +293,31 @@ impl ItemCtx {
                 return;
             }
         };
+        let children = match items {
+            // A pack back from the broker may have taken a worker down with it. Its
+            // children go back one by one, so a poison item reaches the delivery limit
+            // alone and the others succeed; any that were done already are done again,
+            // to the same result keys.
+            Items::Pack(pack) if d.redelivered && pack.children.len() > 1 => {
+                return self.split(d, pack).await;
+            }
+            items => items.into_items(),
+        };
+        let outcomes = futures::future::join_all(children.iter().map(|item| self.run(item))).await;
+        match self.publish_outcomes(&outcomes).await {
+            Ok(()) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                // An outcome may be lost: give the item back so it is done again.
+                warn!(error = %e, children = children.len(), "outcome not confirmed; requeueing the item");
+                give_back(&d.acker).await;
+            }
+        }
+    }
+
+    /// Runs one child execution to its outcome; never fails, a failure is an outcome.
+    async fn run(&self, item: &ItemMessage) -> OutcomeMessage {
         let span = info_span!("item", run = %item.run_id, execution = item.execution, attempt = item.attempt);
         async move {
             self.stats.enter(&item.run_id);
@@ -295,7 +329,7 @@ impl ItemCtx {
             // object is completed, because the multipart upload is never finished.
             let result = match tokio::time::timeout(
                 self.timeout,
-                process_item_with(&self.s3, &item, &self.options),
+                process_item_with(&self.s3, item, &self.options),
             )
             .await
             {
@@ -332,7 +366,7 @@ impl ItemCtx {
                 }
             };
             self.stats.leave(&item.run_id);
-            let outcome = OutcomeMessage {
+            OutcomeMessage {
                 run_id: item.run_id.clone(),
                 execution: item.execution,
                 attempt: item.attempt,
@@ -341,46 +375,73 @@ impl ItemCtx {
                 finished_ms,
                 bytes_read,
                 status,
-            };
-            match self.publish_outcome(&outcome).await {
-                Ok(()) => {
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
-                }
-                Err(e) => {
-                    // The outcome may be lost: give the item back so it is done again.
-                    warn!(error = %e, "outcome not confirmed; requeueing the item");
-                    let _ = d
-                        .acker
-                        .nack(BasicNackOptions { requeue: true, multiple: false })
-                        .await;
-                }
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn publish_outcome(&self, o: &OutcomeMessage) -> Result<(), String> {
-        let body = o.encode().map_err(|e| e.to_string())?;
-        let confirm = self
-            .publish
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(self.outcomes_queue.clone()),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
+    /// Publishes the outcomes in as few messages as fit, confirms pipelined.
+    async fn publish_outcomes(&self, outcomes: &[OutcomeMessage]) -> Result<(), String> {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let messages: Vec<_> = encode_outcomes(outcomes)
             .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|body| (body, props.clone()))
+            .collect();
+        amqp::publish_confirmed(&self.publish, &self.outcomes_queue, &messages)
             .await
-            .map_err(|e| e.to_string())?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err("broker nacked the outcome".into())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends each child of `pack` back to the items queue on its own, then acks the pack.
+    async fn split(&self, d: lapin::message::Delivery, pack: ItemPack) {
+        let bodies: Result<Vec<_>, _> = pack
+            .items()
+            .map(|item| Ok::<_, EncodeError>((item.encode()?, item_properties(&item))))
+            .collect();
+        let sent = match bodies {
+            Ok(messages) => amqp::publish_confirmed(&self.publish, &self.items_queue, &messages)
+                .await
+                .map_err(|e| e.to_string()),
+            // Cannot happen for children that fitted a pack; the pack stays whole then.
+            Err(e) => Err(format!("a packed child does not encode alone: {e}")),
+        };
+        match sent {
+            Ok(()) => {
+                self.stats.packs_split.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("fleetmap_worker_packs_split_total").increment(1);
+                info!(run = %pack.run_id, children = pack.children.len(), "redelivered pack split into single items");
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                // Some children may now be queued twice; each attempt's outcome counts once.
+                warn!(error = %e, "splitting a redelivered pack failed; requeueing it");
+                give_back(&d.acker).await;
+            }
         }
     }
+}
+
+/// Hands a delivery back to the broker, which delivers it again (to any worker).
+async fn give_back(acker: &lapin::Acker) {
+    let _ = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+}
+
+/// What the coordinator sets on an item it publishes alone.
+fn item_properties(item: &ItemMessage) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/x-fleetmap".into())
+        .with_message_id(ShortString::from(format!(
+            "{}/{}/{}",
+            item.run_id, item.execution, item.attempt
+        )))
 }
 
 fn succeeded(r: ItemReport) -> ItemStatus {

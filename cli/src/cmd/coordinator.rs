@@ -25,6 +25,11 @@ pub struct CoordinatorArgs {
     /// in memory only.
     #[arg(long, env = "FLEETMAP_STATE_URI")]
     pub state_uri: Option<String>,
+    /// Small child executions (files of at most 10,000 readings) of one run sent to workers
+    /// together in one message, at most; 1 sends each alone. Each child keeps its own
+    /// attempt, outcome and result object.
+    #[arg(long, env = "FLEETMAP_CHILDREN_PER_MESSAGE", default_value_t = CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE)]
+    pub children_per_message: usize,
     #[command(flatten)]
     pub amqp: AmqpArgs,
     #[command(flatten)]
@@ -34,6 +39,12 @@ pub struct CoordinatorArgs {
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     if args.open_map_run_limit == 0 {
         anyhow::bail!("--open-map-run-limit must be at least 1");
+    }
+    if !(1..=256).contains(&args.children_per_message) {
+        anyhow::bail!(
+            "--children-per-message {}: must be between 1 and 256",
+            args.children_per_message
+        );
     }
     let state = match &args.state_uri {
         Some(uri) => Some(
@@ -54,6 +65,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             topology: args.amqp.topology(),
             open_map_run_limit: args.open_map_run_limit,
             state,
+            children_per_message: args.children_per_message,
         },
         s3,
         shutdown.clone(),

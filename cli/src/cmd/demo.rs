@@ -102,6 +102,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<ExitCode> {
             topology: topology.clone(),
             open_map_run_limit: fleetmap_coordinator::admission::DEFAULT_OPEN_MAP_RUN_LIMIT,
             state: None,
+            children_per_message: CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE,
         },
         s3.clone(),
         shutdown.clone(),

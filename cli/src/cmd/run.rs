@@ -54,6 +54,7 @@ pub async fn run(args: RunArgs, output: Output) -> anyhow::Result<ExitCode> {
             topology: args.amqp.topology(),
             open_map_run_limit: args.open_map_run_limit,
             state: None,
+            children_per_message: CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE,
         },
         s3,
         shutdown.clone(),

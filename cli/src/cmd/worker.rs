@@ -22,7 +22,8 @@ pub struct WorkerArgs {
     /// name on Kubernetes).
     #[arg(long, env = "FLEETMAP_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Child executions processed at once (also the broker prefetch).
+    /// Messages processed at once (also the broker prefetch): each is one child execution
+    /// or a pack of small ones, run side by side.
     #[arg(long, env = "FLEETMAP_CONCURRENCY", default_value_t = WorkerConfig::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     /// Seconds a SIGTERM'd worker waits for in-flight items before handing them back.

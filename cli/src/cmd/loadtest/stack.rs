@@ -56,6 +56,7 @@ impl Stack {
                     bucket: RESULTS_BUCKET.into(),
                     key: "loadtest-state/".into(),
                 }),
+                children_per_message: CoordinatorConfig::DEFAULT_CHILDREN_PER_MESSAGE,
             },
             client.clone(),
             coordinator_stop.clone(),
