@@ -548,13 +548,17 @@ pub enum Applied {
 pub struct Refused(pub String);
 
 /// Serializable as a whole: the coordinator's checkpoint is these structs as they are.
+/// What is empty or zero is left out (since state version 4): a run waiting in the backlog
+/// is mostly defaults, and every checkpoint carries every such run.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MapRun {
     pub id: RunId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     status: RunStatus,
     max_concurrency: u32,
     tolerance: Tolerance,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retry: Vec<Retrier>,
     /// Not serialised with the run: a checkpoint keeps children in [`ChildSegment`]s beside
     /// it, restored by [`MapRun::restore_children`]. Read when present, as state version 2
@@ -566,7 +570,7 @@ pub struct MapRun {
     queued_ms: i64,
     /// The item reader is still adding children: the run cannot finish yet, and its total
     /// is not final. Kept through an abort, so a redrive reads the rest.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     reading: bool,
     #[serde(with = "state_letters")]
     states: Vec<ExecState>,
@@ -575,10 +579,14 @@ pub struct MapRun {
     /// Next never-dispatched execution; everything before it has been dispatched once.
     cursor: usize,
     /// Executions a redrive made pending again, in order.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     redrive_queue: VecDeque<u32>,
     /// Failed executions waiting out a Retry delay: still RUNNING, still holding a credit.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     retry_wait: BTreeSet<(i64, u32)>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     waiting: HashMap<u32, i64>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     retries_used: HashMap<u32, Vec<u32>>,
     counts: Counts,
     /// Not serialised with the run: a checkpoint keeps them in segment objects and inline
@@ -593,19 +601,35 @@ pub struct MapRun {
     /// Stored events, only for executions whose history [`MapRun::history`] cannot rebuild
     /// from the run and the record: running ones, and those that failed, retried, were
     /// redriven or aborted mid-flight. `ExecutionQueued` is never stored.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     history: HashMap<u32, Vec<ExecEvent>>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub redrive_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive_ms: Option<i64>,
     pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub readings: u64,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub anomalies: AnomalyCounts,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub devices_with_anomalies: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub executions_by_worker: BTreeMap<String, u64>,
     seed: u64,
+}
+
+/// For `skip_serializing_if`: a zero, `false` or an all-zero struct is left out.
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn iso(ms: i64) -> String {
@@ -1443,6 +1467,47 @@ mod tests {
         r.set_children((0..n).map(child).collect(), 0);
         r.open(1);
         r
+    }
+
+    #[test]
+    fn a_waiting_run_leaves_its_empty_fields_out_of_the_checkpoint() {
+        let fresh = MapRun::new(RunId("r".into()), None, 10, Tolerance::default(), 5);
+        let json = serde_json::to_value(&fresh).unwrap();
+        let written: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        for absent in [
+            "label",
+            "retry",
+            "history",
+            "waiting",
+            "retry_wait",
+            "retries_used",
+            "redrive_queue",
+            "anomalies",
+            "readings",
+            "executions_by_worker",
+            "devices_with_anomalies",
+            "start_ms",
+            "error",
+        ] {
+            assert!(!written.contains(&absent), "{absent} written: {json}");
+        }
+        assert!(json.to_string().len() < 400, "{json}");
+        // Read back, it is the same run, and a run with everything set keeps it all.
+        let back: MapRun = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        let mut busy = run(3, 2, Tolerance::default());
+        busy.next_dispatch(2);
+        busy.apply_outcome(&ok(0, 1, 24), 3);
+        let json = serde_json::to_value(&busy).unwrap();
+        let back: MapRun = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.counts(), busy.counts());
+        assert_eq!(back.readings, 24);
     }
 
     fn ok(execution: u32, attempt: u32, readings: u64) -> OutcomeMessage {

@@ -9,19 +9,24 @@ use crate::reader::ItemSource;
 use crate::retry::Retrier;
 use crate::run::Tolerance;
 
-/// A request to start a map run (Step Functions' Map state definition, flattened).
+/// A request to start a map run (Step Functions' Map state definition, flattened). Kept in
+/// checkpoints, where what is unset is left out.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
     pub source: ItemSource,
     pub input_type: InputType,
     pub max_concurrency: u32,
     pub tolerance: Tolerance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batcher: Option<ItemBatcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<Retrier>,
     /// Where workers write the analytics records.
     pub results: ResultTarget,
     /// ResultWriter prefix; `None` puts it at `s3://{results bucket}/mapruns/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_writer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     pub thresholds: Thresholds,
 }

@@ -38,9 +38,11 @@ use crate::run::{ChildSegment, ExecRecord, MapRun, RunId};
 use crate::spec::RunSpec;
 
 /// Bump when the snapshot's shape changes incompatibly.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 /// Versions this build reads: version 2 held children inline, one state letter and one
-/// attempt number per child, all of which version 3 reads as such.
+/// attempt number per child, all of which version 3 reads as such; version 4 leaves out a
+/// run's empty and zero fields, which every earlier version wrote (a version 3 build would
+/// find them missing, so version 4 is refused there with the version named).
 const READABLE_VERSIONS: std::ops::RangeInclusive<u32> = 2..=STATE_VERSION;
 /// Where a single-object checkpoint lived before the two slots (state version 1); read only
 /// on a start that finds neither slot, so that an upgrade refuses the old state by name
@@ -67,7 +69,9 @@ pub struct RunSnapshot {
     pub spec: RunSpec,
     pub writer_prefix: String,
     pub finalized: bool,
+    #[serde(default)]
     pub manifest_key: Option<String>,
+    #[serde(default)]
     pub open_order: Option<u64>,
     /// The run's children in segment objects, in order from the first. Empty in state
     /// version 2, which held them in the run.
@@ -869,15 +873,20 @@ pub struct RunSnapshotRef<'a> {
     pub spec: &'a RunSpec,
     pub writer_prefix: String,
     pub finalized: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_key: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub open_order: Option<u64>,
     /// Every segment of the run's children, those written with this checkpoint included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tail: Option<ChildSegment>,
     /// Every record segment of the run, those written with this checkpoint included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub record_segments: Vec<u32>,
     /// Records no segment holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<&'a ExecRecord>,
 }
 
