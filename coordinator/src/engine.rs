@@ -531,6 +531,21 @@ async fn broker_wake(link: &mut Option<Link>, rc: &mut Reconnect) -> BrokerWake 
     BrokerWake::AttemptDue
 }
 
+/// Why RabbitMQ dead-lettered a message (`x-first-death-reason`): `delivery_limit` for a
+/// quorum queue's delivery limit, `rejected` for a consumer's reject without requeue.
+fn first_death_reason(d: &lapin::message::Delivery) -> Option<String> {
+    match d
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("x-first-death-reason")?
+    {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 /// Children published in one message, waiting for the broker's confirm.
 struct Unconfirmed {
     run: RunId,
@@ -1892,10 +1907,11 @@ impl Engine {
     /// they get a second time, so a dead-lettered pack is rare (a limit of 1); each of its
     /// children fails as a poison item would.
     async fn dead_item(&mut self, d: lapin::message::Delivery) {
+        let refused = first_death_reason(&d).as_deref() == Some("rejected");
         match Items::decode(&d.data) {
             Ok(items) => {
                 for item in items.into_items() {
-                    self.dead_child(&item);
+                    self.dead_child(&item, refused);
                 }
             }
             Err(err) => warn!(error = %err, "undecodable dead-lettered item dropped"),
@@ -1903,14 +1919,25 @@ impl Engine {
         self.ack_when_durable(d.acker).await;
     }
 
-    fn dead_child(&mut self, item: &ItemMessage) {
+    /// Fails a dead-lettered child. `refused`: a worker rejected it rather than dying with
+    /// it. Workers reject only what they cannot decode, and this coordinator wrote it, so
+    /// that worker is of another version (an older one given a pack, during a rollout).
+    fn dead_child(&mut self, item: &ItemMessage, refused: bool) {
         let id = RunId(item.run_id.clone());
-        let cause = format!(
-            "item {} was delivered {} times without an outcome (its workers crashed or \
-             were killed) and was dead-lettered",
-            item.source_uri(),
-            self.topology.delivery_limit
-        );
+        let cause = if refused {
+            format!(
+                "item {} was refused by a worker that could not decode it (a worker of \
+                 another fleetmap version?) and was dead-lettered",
+                item.source_uri()
+            )
+        } else {
+            format!(
+                "item {} was delivered {} times without an outcome (its workers crashed or \
+                 were killed) and was dead-lettered",
+                item.source_uri(),
+                self.topology.delivery_limit
+            )
+        };
         if let Some(e) = self.runs.get_mut(&id) {
             let applied = e.run.apply_failure(
                 item.execution,

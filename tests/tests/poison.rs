@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use fleetmap_coordinator::{ItemSource, PageRequest, RunStatus, Tolerance};
+use fleetmap_coordinator::{ChildExecution, ItemSource, PageRequest, RunId, RunStatus, Tolerance};
 use fleetmap_protocol::{ItemMessage, Items};
 use fleetmap_sample::GenConfig;
 use fleetmap_tests::ledger::Ledger;
 use fleetmap_tests::{DATA, Harness, amqp_url};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 
 /// A consumer of the items queue standing in for a worker that dies with what it holds
@@ -35,15 +35,12 @@ async fn crasher(h: &Harness, prefetch: u16) -> (lapin::Connection, lapin::Consu
     (conn, consumer)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
-    // No real workers at first: a "crashing worker" takes the poison item and dies with it
-    // unacked (here: a requeueing nack, which is what the broker does for a dead consumer).
-    let mut h = Harness::start(0, 1).await;
+/// The sample's five files in a run of MaxConcurrency 1 (so only the first item is out at
+/// first, and alone) that tolerates one failure.
+async fn sample_run_one_at_a_time(h: &Harness) -> (fleetmap_sample::GenReport, RunId) {
     let generated = fleetmap_sample::generate_to_s3(&h.client, DATA, &GenConfig::default())
         .await
         .unwrap();
-    let poison_key = generated.files[0].clone();
     let spec = Harness::spec(
         ItemSource::AthenaManifest {
             uri: format!("s3://{DATA}/{}", generated.manifest),
@@ -55,6 +52,47 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
         },
     );
     let id = h.handle().start_run(spec).await.unwrap();
+    (generated, id)
+}
+
+/// Lets a real worker finish the sample's run, which tolerates one failure, and returns
+/// its one failed child execution.
+async fn one_of_five_failed(h: &mut Harness, id: &RunId) -> ChildExecution {
+    h.add_worker("worker-1", 2);
+    let d = h
+        .wait_until(id, Duration::from_secs(60), "the run ends", |d| {
+            d.status.is_terminal()
+        })
+        .await;
+    assert_eq!(
+        d.status,
+        RunStatus::Succeeded,
+        "one failure is tolerated: {d:#?}"
+    );
+    assert_eq!(
+        (d.execution_counts.succeeded, d.execution_counts.failed),
+        (4, 1)
+    );
+    let mut failed = h
+        .handle()
+        .executions(
+            id,
+            Some(fleetmap_coordinator::ExecState::Failed),
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1);
+    failed.items.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
+    // No real workers at first: a "crashing worker" takes the poison item and dies with it
+    // unacked (here: a requeueing nack, which is what the broker does for a dead consumer).
+    let mut h = Harness::start(0, 1).await;
+    let (generated, id) = sample_run_one_at_a_time(&h).await;
+    let poison_key = generated.files[0].clone();
 
     let (conn, mut crasher) = crasher(&h, 1).await;
     let mut crashes = 0;
@@ -81,32 +119,7 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
     let _ = conn.close(200, "crasher done".into()).await;
 
     // Real workers take over the rest of the run.
-    h.add_worker("worker-1", 2);
-    let d = h
-        .wait_until(&id, Duration::from_secs(60), "the run ends", |d| {
-            d.status.is_terminal()
-        })
-        .await;
-    assert_eq!(
-        d.status,
-        RunStatus::Succeeded,
-        "one failure is tolerated: {d:#?}"
-    );
-    assert_eq!(
-        (d.execution_counts.succeeded, d.execution_counts.failed),
-        (4, 1)
-    );
-    let failed = h
-        .handle()
-        .executions(
-            &id,
-            Some(fleetmap_coordinator::ExecState::Failed),
-            PageRequest::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(failed.items.len(), 1);
-    let f = &failed.items[0];
+    let f = one_of_five_failed(&mut h, &id).await;
     assert_eq!(f.error.as_deref(), Some("States.Runtime"));
     // Every reading of the other files exactly once; none of the poison file's.
     let records = h.result_records().await;
@@ -217,5 +230,30 @@ async fn a_redelivered_pack_is_split_into_single_items() {
         1,
     );
     ledger.assert_exact();
+    h.stop().await;
+}
+
+/// A worker refuses (rejects without requeue) only what it cannot decode, so an item the
+/// coordinator wrote and a worker refused means a worker of another version: the failed
+/// child says so instead of blaming crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_a_worker_refuses_fails_with_a_cause_that_says_why() {
+    let mut h = Harness::start(0, 1).await;
+    let (_, id) = sample_run_one_at_a_time(&h).await;
+    let (conn, mut refuser) = crasher(&h, 1).await;
+    let d = tokio::time::timeout(Duration::from_secs(10), refuser.next())
+        .await
+        .expect("the first item is published")
+        .unwrap()
+        .unwrap();
+    d.acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let _ = conn.close(200, "refuser done".into()).await;
+
+    let cause = one_of_five_failed(&mut h, &id).await.cause.unwrap();
+    assert!(cause.contains("could not decode"), "{cause}");
+    assert!(!cause.contains("delivered"), "{cause}");
     h.stop().await;
 }
