@@ -19,15 +19,15 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetmap_protocol::{
-    AnomalyCounts, ItemMessage, ItemStatus, Items, OutcomeMessage, Topology, amqp, encode_outcomes,
+    AnomalyCounts, ItemMessage, ItemStatus, Items, OutcomeMessage, Topology, amqp,
 };
 use futures::StreamExt;
+use lapin::Channel;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
@@ -179,16 +179,9 @@ async fn answer(
         .iter()
         .map(|item| outcome_for(item, worker_id.clone(), started_ms))
         .collect();
-    let confirmed = match encode_outcomes(&answers) {
-        Ok(bodies) => {
-            let props = BasicProperties::default().with_delivery_mode(2);
-            let messages: Vec<_> = bodies.into_iter().map(|b| (b, props.clone())).collect();
-            amqp::publish_confirmed(publish, outcomes, &messages)
-                .await
-                .is_ok()
-        }
-        Err(_) => false,
-    };
+    let confirmed = amqp::publish_outcomes(publish, outcomes, &answers)
+        .await
+        .is_ok();
     if confirmed {
         stats
             .items

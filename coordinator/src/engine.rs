@@ -28,9 +28,9 @@ use fleetmap_protocol::{
     decode_outcomes, errors,
 };
 use futures::{FutureExt, StreamExt};
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -1796,26 +1796,13 @@ impl Engine {
         let Some(e) = self.runs.get(id) else {
             return Ok(None);
         };
-        let encoded = if let [(execution, attempt)] = *children {
-            let Some(child) = e.run.child(execution) else {
-                return Ok(None);
-            };
-            ItemMessage {
-                run_id: id.0.clone(),
-                execution,
-                attempt,
-                input_type: e.spec.input_type,
-                bucket: child.bucket.to_owned(),
-                key: child.key.to_owned(),
-                row_groups: child.row_groups,
-                first_index: child.first_index,
-                result: e.spec.results.clone(),
-                analysis_time_ms: e.run.created_ms,
-                thresholds: e.spec.thresholds,
-            }
-            .encode()
-        } else {
-            let children: Vec<_> = children
+        let pack = ItemPack {
+            run_id: id.0.clone(),
+            input_type: e.spec.input_type,
+            result: e.spec.results.clone(),
+            analysis_time_ms: e.run.created_ms,
+            thresholds: e.spec.thresholds,
+            children: children
                 .iter()
                 .filter_map(|&(execution, attempt)| {
                     let child = e.run.child(execution)?;
@@ -1828,33 +1815,20 @@ impl Engine {
                         first_index: child.first_index,
                     })
                 })
-                .collect();
-            if children.is_empty() {
-                return Ok(None);
-            }
-            ItemPack {
-                run_id: id.0.clone(),
-                input_type: e.spec.input_type,
-                result: e.spec.results.clone(),
-                analysis_time_ms: e.run.created_ms,
-                thresholds: e.spec.thresholds,
-                children,
-            }
-            .encode()
+                .collect(),
+        };
+        let encoded = match pack.items().next() {
+            None => return Ok(None),
+            // Alone, a child goes as the item every worker version reads.
+            Some(one) if pack.children.len() == 1 => one.encode(),
+            Some(_) => pack.encode(),
         };
         let body = encoded.map_err(|source| CoordinatorError::Encode {
             run: id.0.clone(),
             source,
         })?;
         let (execution, attempt) = children[0];
-        let message_id = match children.len() {
-            1 => format!("{id}/{execution}/{attempt}"),
-            n => format!("{id}/{execution}/{attempt}+{}", n - 1),
-        };
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/x-fleetmap".into())
-            .with_message_id(ShortString::from(message_id));
+        let props = amqp::item_properties(&id.0, execution, attempt, children.len());
         let confirm = publish
             .basic_publish(
                 ShortString::from(""),

@@ -66,6 +66,8 @@ pub enum PublishError {
     },
     #[error("the broker nacked a message to {queue}")]
     Nacked { queue: String },
+    #[error(transparent)]
+    Encode(#[from] crate::EncodeError),
 }
 
 /// Publishes `messages` to `queue` (the default exchange) on a channel in confirm mode, all
@@ -102,6 +104,41 @@ pub async fn publish_confirmed(
         }
     }
     Ok(())
+}
+
+/// How every item message is published, by the coordinator and by a worker splitting a
+/// pack: persistent, typed, and named `run/execution/attempt` after its first child, with
+/// `+n` for the `n` more children of a pack.
+pub fn item_properties(
+    run: &str,
+    execution: u32,
+    attempt: u32,
+    children: usize,
+) -> BasicProperties {
+    let id = match children {
+        0 | 1 => format!("{run}/{execution}/{attempt}"),
+        n => format!("{run}/{execution}/{attempt}+{}", n - 1),
+    };
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/x-fleetmap".into())
+        .with_message_id(ShortString::from(id))
+}
+
+/// Publishes outcomes to `queue`, persistent, in as few messages as
+/// [`encode_outcomes`](crate::encode_outcomes) makes, and waits for every confirm: what a
+/// worker does before it acks a delivery.
+pub async fn publish_outcomes(
+    channel: &Channel,
+    queue: &str,
+    outcomes: &[crate::OutcomeMessage],
+) -> Result<(), PublishError> {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let messages: Vec<_> = crate::encode_outcomes(outcomes)?
+        .into_iter()
+        .map(|body| (body, props.clone()))
+        .collect();
+    publish_confirmed(channel, queue, &messages).await
 }
 
 /// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.

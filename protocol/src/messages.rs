@@ -275,36 +275,36 @@ impl OutcomeMessage {
     }
 }
 
-/// Encodes outcomes in as few messages as fit [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES):
-/// an outcome may list 256 devices or carry a 32 KiB cause, so a pack's outcomes do not
-/// always fit one. A lone outcome goes as a plain [`OutcomeMessage`].
+/// Encodes outcomes for the outcomes queue: in one message when they fit
+/// [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES), which is nearly always, else halved
+/// until each part fits (an outcome may list 256 devices or carry a 32 KiB cause). A lone
+/// outcome goes as a plain [`OutcomeMessage`]. Each outcome is encoded once on the common
+/// path: this runs for every pack a worker finishes.
 pub fn encode_outcomes(outcomes: &[OutcomeMessage]) -> Result<Vec<Vec<u8>>, EncodeError> {
-    // A pack's body is a varint count (at most 10 bytes) and the outcomes' bodies, so the
-    // sum of single messages' sizes bounds it from above.
-    const ROOM: usize = envelope::MAX_MESSAGE_BYTES - 10;
     let mut messages = Vec::new();
-    let mut start = 0;
-    let mut size = 0;
-    for (i, o) in outcomes.iter().enumerate() {
-        let one = o.encode()?.len();
-        if i > start && size + one > ROOM {
-            messages.push(encode_group(&outcomes[start..i])?);
-            start = i;
-            size = 0;
-        }
-        size += one;
-    }
-    if start < outcomes.len() {
-        messages.push(encode_group(&outcomes[start..])?);
+    if !outcomes.is_empty() {
+        encode_fitting(outcomes, &mut messages)?;
     }
     Ok(messages)
 }
 
-fn encode_group(group: &[OutcomeMessage]) -> Result<Vec<u8>, EncodeError> {
-    match group {
+fn encode_fitting(group: &[OutcomeMessage], out: &mut Vec<Vec<u8>>) -> Result<(), EncodeError> {
+    let encoded = match group {
         [one] => one.encode(),
         _ => envelope::encode(Kind::OutcomePack, &group),
+    };
+    match encoded {
+        Ok(message) => out.push(message),
+        // Over the limit (bincode's own or the envelope's): each half on its own. A single
+        // outcome that still fails reports why.
+        Err(_) if group.len() > 1 => {
+            let (first, second) = group.split_at(group.len() / 2);
+            encode_fitting(first, out)?;
+            encode_fitting(second, out)?;
+        }
+        Err(e) => return Err(e),
     }
+    Ok(())
 }
 
 /// Decodes a delivery from the outcomes queue: one outcome or a pack of them.
@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(messages.len(), 1);
         assert_eq!(decode_outcomes(&messages[0]).unwrap(), small);
 
-        // Five outcomes of ~20 KiB: three fit one message, two the next.
+        // Five outcomes of ~20 KiB do not fit one message; two and three do.
         let big: Vec<_> = (0..5).map(|i| failed(i, 20 * 1024)).collect();
         let messages = encode_outcomes(&big).unwrap();
         assert_eq!(messages.len(), 2);

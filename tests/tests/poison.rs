@@ -10,6 +10,7 @@ use fleetmap_sample::GenConfig;
 use fleetmap_tests::ledger::Ledger;
 use fleetmap_tests::{DATA, Harness, amqp_url};
 use futures::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 
@@ -33,6 +34,27 @@ async fn crasher(h: &Harness, prefetch: u16) -> (lapin::Connection, lapin::Consu
         .await
         .unwrap();
     (conn, consumer)
+}
+
+/// The next delivery the stand-in worker gets, within 10 s.
+async fn next_delivery(consumer: &mut lapin::Consumer, what: &str) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap()
+}
+
+/// Gives a delivery back as a worker that dies holding it does: the broker requeues it and
+/// counts a delivery.
+async fn die_with(d: Delivery) {
+    d.acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .unwrap();
 }
 
 /// The sample's five files in a run of MaxConcurrency 1 (so only the first item is out at
@@ -97,23 +119,17 @@ async fn poison_item_is_dead_lettered_and_fails_only_its_execution() {
     let (conn, mut crasher) = crasher(&h, 1).await;
     let mut crashes = 0;
     while crashes < h.topology.delivery_limit + 1 {
-        let d = tokio::time::timeout(Duration::from_secs(10), crasher.next())
-            .await
-            .expect("the poison item keeps coming back until the limit")
-            .unwrap()
-            .unwrap();
+        let d = next_delivery(
+            &mut crasher,
+            "the poison item keeps coming back until the limit",
+        )
+        .await;
         let item = ItemMessage::decode(&d.data).unwrap();
         assert_eq!(
             item.key, poison_key,
             "MaxConcurrency 1: only the first item is out"
         );
-        d.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .unwrap();
+        die_with(d).await;
         crashes += 1;
     }
     let _ = conn.close(200, "crasher done".into()).await;
@@ -179,11 +195,7 @@ async fn a_redelivered_pack_is_split_into_single_items() {
     let (mut taken, mut packs) = (Vec::new(), 0);
     let mut children = 0;
     while children < files {
-        let d = tokio::time::timeout(Duration::from_secs(10), crasher.next())
-            .await
-            .expect("the run's items are published")
-            .unwrap()
-            .unwrap();
+        let d = next_delivery(&mut crasher, "the run's items are published").await;
         assert!(!d.redelivered);
         children += match Items::decode(&d.data).unwrap() {
             Items::One(_) => 1,
@@ -197,13 +209,7 @@ async fn a_redelivered_pack_is_split_into_single_items() {
     assert_eq!(children, files);
     assert!(packs >= 1, "the sample's small files share messages");
     for d in taken {
-        d.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .unwrap();
+        die_with(d).await;
     }
     let _ = conn.close(200, "crasher done".into()).await;
 
@@ -241,11 +247,7 @@ async fn an_item_a_worker_refuses_fails_with_a_cause_that_says_why() {
     let mut h = Harness::start(0, 1).await;
     let (_, id) = sample_run_one_at_a_time(&h).await;
     let (conn, mut refuser) = crasher(&h, 1).await;
-    let d = tokio::time::timeout(Duration::from_secs(10), refuser.next())
-        .await
-        .expect("the first item is published")
-        .unwrap()
-        .unwrap();
+    let d = next_delivery(&mut refuser, "the first item is published").await;
     d.acker
         .reject(BasicRejectOptions { requeue: false })
         .await

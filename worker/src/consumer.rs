@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
 use fleetmap_protocol::{
-    EncodeError, ItemMessage, ItemPack, ItemStatus, Items, OutcomeMessage, amqp, encode_outcomes,
+    EncodeError, ItemMessage, ItemPack, ItemStatus, Items, OutcomeMessage, amqp,
 };
 use futures::StreamExt;
+use lapin::Channel;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -304,7 +304,7 @@ impl ItemCtx {
             items => items.into_items(),
         };
         let outcomes = futures::future::join_all(children.iter().map(|item| self.run(item))).await;
-        match self.publish_outcomes(&outcomes).await {
+        match amqp::publish_outcomes(&self.publish, &self.outcomes_queue, &outcomes).await {
             Ok(()) => {
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
@@ -381,24 +381,14 @@ impl ItemCtx {
         .await
     }
 
-    /// Publishes the outcomes in as few messages as fit, confirms pipelined.
-    async fn publish_outcomes(&self, outcomes: &[OutcomeMessage]) -> Result<(), String> {
-        let props = BasicProperties::default().with_delivery_mode(2);
-        let messages: Vec<_> = encode_outcomes(outcomes)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|body| (body, props.clone()))
-            .collect();
-        amqp::publish_confirmed(&self.publish, &self.outcomes_queue, &messages)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     /// Sends each child of `pack` back to the items queue on its own, then acks the pack.
     async fn split(&self, d: lapin::message::Delivery, pack: ItemPack) {
         let bodies: Result<Vec<_>, _> = pack
             .items()
-            .map(|item| Ok::<_, EncodeError>((item.encode()?, item_properties(&item))))
+            .map(|item| {
+                let props = amqp::item_properties(&item.run_id, item.execution, item.attempt, 1);
+                Ok::<_, EncodeError>((item.encode()?, props))
+            })
             .collect();
         let sent = match bodies {
             Ok(messages) => amqp::publish_confirmed(&self.publish, &self.items_queue, &messages)
@@ -431,17 +421,6 @@ async fn give_back(acker: &lapin::Acker) {
             multiple: false,
         })
         .await;
-}
-
-/// What the coordinator sets on an item it publishes alone.
-fn item_properties(item: &ItemMessage) -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/x-fleetmap".into())
-        .with_message_id(ShortString::from(format!(
-            "{}/{}/{}",
-            item.run_id, item.execution, item.attempt
-        )))
 }
 
 fn succeeded(r: ItemReport) -> ItemStatus {
