@@ -10,7 +10,8 @@
 #     (checkpointing to S3) and two `fleetmap worker`s, runs started with `fleetmap start
 #     --wait`; vs Celery (prefork, concurrency 2, same broker, own queue) with a pyarrow task
 #     per file on the same S3 server (bench/celery_app.py). 20 large files and 2,000 tiny
-#     ones, runs interleaved.
+#     ones, runs interleaved. Then `fleetmap-bench s3-requests`: CPU per S3 request, in the
+#     SDK client and in the server (a tiny child execution makes three).
 # B4  control plane alone: a coordinator (in memory, then with --state-uri) and
 #     `fleetmap-bench noop-worker`; child executions/s over 50,000 items, and the time to
 #     the first child execution of a 100-item run (bench/b45.py).
@@ -281,6 +282,17 @@ if want B3; then
   }
   b3_runs tiny
   b3_runs large
+  # What one S3 request costs the SDK client that sends it and the server that answers it:
+  # a tiny child execution is three (the coordinator's footer read, the worker's GET and PUT).
+  if b3_set tiny; then
+    log "B3: CPU per S3 request (fleetmap-bench s3-requests)"
+    s0=$(cpu_of "$(pid_of s3)")
+    line=$("$FB" s3-requests --get "$(head -n 1 "$S3DATA/tiny-$TAG/manifest.csv")" \
+      --put "s3://$RESULTS_BUCKET/bench/s3-requests/")
+    sent=$(echo "$line" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["sent"])')
+    echo "$line" | "$PY" "$BENCH/b45.py" merge \
+      "{\"tool\": \"fleetmap\", \"bench\": \"B3-s3-request\", \"server_cpu_us\": $(awk "BEGIN {printf \"%.1f\", ($(cpu_of "$(pid_of s3)") - $s0) * 1e6 / $sent}")}" >> "$RESULTS"
+  fi
   kill "$CELERY" 2>/dev/null; wait "$CELERY" 2>/dev/null || true
   scale_workers 0
   stop_proc coordinator 30

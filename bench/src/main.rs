@@ -7,6 +7,7 @@
 //! fleetmap-bench b1 FILE...          decode + per-device, per-type anomaly summary
 //! fleetmap-bench b2 OUT FILE...      one JSON analytics record per reading into OUT
 //! fleetmap-bench noop-worker [...]   B4: succeed every item at once (see noop.rs)
+//! fleetmap-bench s3-requests [...]   B3: CPU per S3 request through the SDK (see s3req.rs)
 //! ```
 //!
 //! b1 and b2 print one JSON line: `seconds` (the work alone, process start-up excluded, as
@@ -14,6 +15,7 @@
 //! `bench/run.sh` compares across tools.
 
 mod noop;
+mod s3req;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,8 +40,10 @@ fn main() {
         Some("b1-records") => b1_records(&args[1..]),
         Some("b2") if args.len() >= 2 => b2(&args[1], &args[2..]),
         Some("noop-worker") => noop::main(&args[1..]),
+        Some("s3-requests") => s3req::main(&args[1..]),
         _ => Err(
-            "usage: fleetmap-bench b1 FILE... | b2 OUT FILE... | noop-worker [--queue-prefix P]"
+            "usage: fleetmap-bench b1 FILE... | b2 OUT FILE... | noop-worker [--queue-prefix P] \
+             | s3-requests --get s3://B/KEY --put s3://B/PREFIX"
                 .into(),
         ),
     };
