@@ -17,7 +17,7 @@ use fleetmap_objstore::local::LocalS3;
 use fleetmap_protocol::{InputType, ItemMessage, ResultTarget, Thresholds};
 use fleetmap_worker::WorkerError;
 use fleetmap_worker::kernel::COLUMNS;
-use fleetmap_worker::process::{ItemReport, process_item};
+use fleetmap_worker::process::{ItemReport, process_item, result_key};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Encoding;
 use parquet::file::properties::WriterProperties;
@@ -208,6 +208,27 @@ fn extra_columns(n: usize) -> Vec<(&'static str, ArrayRef)> {
     ]
 }
 
+/// The one item each test processes: the object at `key`, its records under `key` in
+/// [`RESULTS`].
+fn item(key: &str) -> ItemMessage {
+    ItemMessage {
+        run_id: "bad-parquet".into(),
+        execution: 0,
+        attempt: 1,
+        input_type: InputType::Parquet,
+        bucket: DATA.into(),
+        key: key.into(),
+        row_groups: None,
+        first_index: 0,
+        result: ResultTarget {
+            bucket: RESULTS.into(),
+            prefix: key.into(),
+        },
+        analysis_time_ms: 1_705_276_800_000,
+        thresholds: Thresholds::default(),
+    }
+}
+
 struct Env {
     s3: LocalS3,
     client: aws_sdk_s3::Client,
@@ -228,23 +249,7 @@ impl Env {
         fleetmap_objstore::put_bytes(&self.client, DATA, key, body, "application/octet-stream")
             .await
             .unwrap();
-        let item = ItemMessage {
-            run_id: "bad-parquet".into(),
-            execution: 0,
-            attempt: 1,
-            input_type: InputType::Parquet,
-            bucket: DATA.into(),
-            key: key.into(),
-            row_groups: None,
-            first_index: 0,
-            result: ResultTarget {
-                bucket: RESULTS.into(),
-                prefix: key.into(),
-            },
-            analysis_time_ms: 1_705_276_800_000,
-            thresholds: Thresholds::default(),
-        };
-        process_item(&self.client, &item).await
+        process_item(&self.client, &item(key)).await
     }
 
     /// The result object's bytes.
@@ -279,6 +284,17 @@ impl Env {
         };
         let text = err.to_string();
         assert_eq!(err.error_name(), name, "{key}: {text}");
+        // A failed child execution leaves no result object, not even the records read
+        // before the failure.
+        let written =
+            fleetmap_objstore::get_bytes(&self.client, RESULTS, &result_key(&item(key))).await;
+        assert!(
+            matches!(
+                written,
+                Err(fleetmap_objstore::ObjStoreError::NotFound { .. })
+            ),
+            "{key}: a failed item wrote a result object: {written:?}"
+        );
         assert!(
             !err.is_retryable(),
             "{key}: a bad file is not worth a retry: {text}"

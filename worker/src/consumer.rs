@@ -324,9 +324,10 @@ impl ItemCtx {
             metrics::gauge!("fleetmap_worker_items_in_flight").increment(1.0);
             let started_ms = chrono::Utc::now().timestamp_millis();
             let t0 = Instant::now();
-            // Dropping the future on timeout stops fetching and uploading; a chunk already on
-            // the blocking pool finishes on its own and its records are discarded. No result
-            // object is completed, because the multipart upload is never finished.
+            // Dropping the future on timeout stops fetching and uploading (the upload runs
+            // inside it); a chunk already on the blocking pool finishes on its own and its
+            // records are discarded. No result object is completed: the records were never
+            // all handed over, so the upload was never committed.
             let result = match tokio::time::timeout(
                 self.timeout,
                 process_item_with(&self.s3, item, &self.options),

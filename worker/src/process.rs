@@ -21,7 +21,7 @@ use aws_sdk_s3::Client;
 use chrono::DateTime;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
 use fleetmap_protocol::{AnomalyCounts, DeviceAnomalies, ItemMessage, Thresholds};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::encode::{RecordContext, encode_records};
@@ -194,26 +194,31 @@ pub async fn process_item_with(
     let mut reader = ItemReader::open_with(s3, item, options.max_row_group_bytes).await?;
     let key = result_key(item);
     let (to_upload, pieces) = upload::channel();
-    let uploader = tokio::spawn(upload::upload(
-        s3.clone(),
-        upload::Target {
-            bucket: item.result.bucket.clone(),
-            key: key.clone(),
-            content_type: RESULT_CONTENT_TYPE,
-        },
-        pieces,
-    ));
-    let processed = process_chunks(&mut reader, &job, to_upload).await;
-    let uploaded = uploader.await.map_err(|e| WorkerError::Crashed {
-        bucket: job.bucket.clone(),
-        key: job.key.clone(),
-        source: Box::new(e),
-    });
+    let (commit, committed) = oneshot::channel();
+    // Both in this task, not the uploader on a task of its own: dropping the item (its
+    // timeout) then drops the upload with it, instead of leaving an uploader that takes
+    // the closed channel for the end of the records. A small item also never crosses
+    // threads for it.
+    let target = upload::Target {
+        bucket: item.result.bucket.clone(),
+        key: key.clone(),
+        content_type: RESULT_CONTENT_TYPE,
+    };
+    let (processed, uploaded) = tokio::join!(
+        process_chunks(&mut reader, &job, to_upload, commit),
+        upload::upload(s3.clone(), target, pieces, committed),
+    );
     // A failed upload explains a stopped encoder, so it wins; otherwise the reading error.
     let total = match (processed, uploaded) {
-        (_, Ok(Err(e)) | Err(e)) => return Err(e),
-        (Err(e), Ok(Ok(_))) => return Err(e),
-        (Ok(total), Ok(Ok(_))) => total,
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        (Ok(total), Ok(Some(_))) => total,
+        (Ok(_), Ok(None)) => {
+            return Err(WorkerError::Crashed {
+                bucket: job.bucket.clone(),
+                key: job.key.clone(),
+                source: "the result upload was abandoned after every record was handed over".into(),
+            });
+        }
     };
 
     let devices_truncated = total.devices.len() > MAX_DEVICES_PER_OUTCOME;
@@ -237,12 +242,14 @@ pub async fn process_item_with(
 }
 
 /// Runs every chunk through [`process_chunk`] on the blocking pool, fetching the next
-/// chunk while the current one is processed, then hands the last records to the uploader.
-/// Dropping `to_upload` on return (success or not) ends the upload.
+/// chunk while the current one is processed, then hands the last records to the uploader
+/// and sends `commit`. Dropping `to_upload` on return ends the upload; without `commit`
+/// (any error) it is abandoned.
 async fn process_chunks(
     reader: &mut ItemReader,
     job: &Arc<Job>,
     to_upload: mpsc::Sender<Vec<u8>>,
+    commit: oneshot::Sender<()>,
 ) -> Result<ChunkOutput, WorkerError> {
     let mut total = ChunkOutput::default();
     let mut running: Option<JoinHandle<Result<ChunkOutput, WorkerError>>> = None;
@@ -263,7 +270,7 @@ async fn process_chunks(
         }));
     }
     let last = std::mem::take(&mut total.carry);
-    if to_upload.send(last).await.is_err() {
+    if to_upload.send(last).await.is_err() || commit.send(()).is_err() {
         return Err(UploadStopped.into_error(job));
     }
     Ok(total)

@@ -10,9 +10,12 @@
 //! copy). Output that fits in one part (most items) is written in one PutObject, as before. Memory per item is therefore bounded by about
 //! `PART_SIZE × (MAX_PARTS_IN_FLIGHT + 1)` plus the channel, whatever the file size.
 //!
-//! The object appears only when the upload completes, and a failed upload is aborted, so a
-//! half-written result is never visible; a redelivered item writes the same bytes to the
-//! same key.
+//! The object appears only when the upload completes, and it completes only when the
+//! encoder says every record was handed over (the `commit` signal): the channel closing is
+//! not enough, since an item whose reading fails half way, or that is dropped on timeout,
+//! closes it too. Such an upload is aborted (or, dropped with its item, never completed),
+//! as is one that fails, so a half-written result is never visible; a redelivered item
+//! writes the same bytes to the same key.
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -20,7 +23,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use fleetmap_objstore::ObjStoreError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::error::WorkerError;
@@ -47,12 +50,15 @@ pub fn channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
 }
 
 /// Writes everything received on `pieces` to the target, in order, until the senders are
-/// dropped. Returns the object's length.
+/// dropped, and then makes the object visible if `commit` was sent. Returns the object's
+/// length, or `None` when the encoder gave up without committing: then nothing was written
+/// (a multipart upload begun is aborted) and the encoder's error is the item's.
 pub async fn upload(
     s3: Client,
     target: Target,
     mut pieces: mpsc::Receiver<Vec<u8>>,
-) -> Result<u64, WorkerError> {
+    commit: oneshot::Receiver<()>,
+) -> Result<Option<u64>, WorkerError> {
     let mut pending: Vec<u8> = Vec::new();
     let mut multipart: Option<Multipart> = None;
     let mut total = 0u64;
@@ -75,6 +81,12 @@ pub async fn upload(
                 return Err(e);
             }
         }
+    }
+    if commit.await.is_err() {
+        if let Some(mut m) = multipart {
+            m.abort(&s3, &target).await;
+        }
+        return Ok(None);
     }
     match multipart {
         None => {
@@ -102,7 +114,7 @@ pub async fn upload(
             }
         }
     }
-    Ok(total)
+    Ok(Some(total))
 }
 
 /// Takes the first [`PART_SIZE`] bytes of `records` as a part once there are that many,
