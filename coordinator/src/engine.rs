@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::S3Uri;
 use fleetmap_protocol::{
     InputType, ItemMessage, ItemPack, Items, OutcomeMessage, PackedChild, Topology, amqp,
@@ -262,7 +262,7 @@ impl Coordinator {
     /// misconfigured coordinator stops at once while a running one rides out broker restarts.
     pub async fn start(
         cfg: CoordinatorConfig,
-        s3: Client,
+        s3: DataClient,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordinatorError> {
         let link = Link::open_within(&cfg.amqp_url, &cfg.topology).await?;
@@ -275,7 +275,7 @@ impl Coordinator {
         let mut store = cfg
             .state
             .as_ref()
-            .map(|uri| StateStore::new(s3.clone(), uri));
+            .map(|uri| StateStore::new(s3.sdk().clone(), uri));
         let snapshot = match &mut store {
             Some(st) => st.load().await?,
             None => None,
@@ -556,7 +556,7 @@ struct Unconfirmed {
 struct Engine {
     topology: Topology,
     children_per_message: usize,
-    s3: Client,
+    s3: DataClient,
     amqp_url: String,
     /// The broker session; `None` while reconnecting.
     link: Option<Link>,

@@ -6,6 +6,7 @@
 //! `States.ItemReaderFailed` and names the source.
 
 use aws_sdk_s3::Client;
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::{S3Uri, list_keys};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -125,7 +126,7 @@ const FOOTER_PREFETCH: u64 = 64 * 1024;
 /// order as they come in. An unreadable footer is not the item reader's failure: that child
 /// execution covers the whole object and its worker reports the problem with the object.
 pub fn read_layouts(
-    s3: Client,
+    s3: DataClient,
     uris: Vec<S3Uri>,
 ) -> impl futures::Stream<Item = crate::batcher::FileLayout> {
     use futures::StreamExt;
@@ -150,10 +151,10 @@ pub fn read_layouts(
         .buffered(FOOTER_CONCURRENCY)
 }
 
-async fn footer_row_groups(s3: &Client, u: &S3Uri) -> Result<Vec<(u64, u64)>, String> {
-    use fleetmap_objstore::{get_range, get_suffix};
+async fn footer_row_groups(s3: &DataClient, u: &S3Uri) -> Result<Vec<(u64, u64)>, String> {
     // One request for the length and the tail, which usually holds the whole footer.
-    let (tail, size) = get_suffix(s3, &u.bucket, &u.key, FOOTER_PREFETCH)
+    let (tail, size) = s3
+        .get_suffix(&u.bucket, &u.key, FOOTER_PREFETCH)
         .await
         .map_err(|e| e.to_string())?;
     if size < 12 {
@@ -172,7 +173,7 @@ async fn footer_row_groups(s3: &Client, u: &S3Uri) -> Result<Vec<(u64, u64)>, St
     let meta = if meta_len + 8 <= n as u64 {
         tail.slice(n - 8 - meta_len as usize..n - 8)
     } else {
-        get_range(s3, &u.bucket, &u.key, size - 8 - meta_len..size - 8)
+        s3.get_range(&u.bucket, &u.key, size - 8 - meta_len..size - 8)
             .await
             .map_err(|e| e.to_string())?
     };

@@ -20,9 +20,12 @@ use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_types::service_config::ServiceConfigKey;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+
+use crate::direct::{DataClient, DirectSettings};
 
 /// Region used when neither the config nor the environment names one; S3-protocol servers
 /// other than AWS ignore it, but SigV4 signing needs some region.
@@ -64,6 +67,9 @@ pub struct S3Config {
     /// an endpoint whose certificate comes from a private CA. Env `AWS_CA_BUNDLE`, the name
     /// the AWS CLI and other SDKs use (the Rust SDK itself does not read it).
     pub ca_bundle: Option<PathBuf>,
+    /// Send the data path's GETs and PUTs through aws-sdk-s3 too, instead of the direct lane
+    /// ([`crate::direct`]). Env `FLEETMAP_S3_DIRECT=off`.
+    pub sdk_only: bool,
 }
 
 /// Written by hand so the secret never reaches a log line.
@@ -79,13 +85,14 @@ impl fmt::Debug for S3Config {
             )
             .field("force_path_style", &self.force_path_style)
             .field("ca_bundle", &self.ca_bundle)
+            .field("sdk_only", &self.sdk_only)
             .finish()
     }
 }
 
 impl S3Config {
-    /// Reads `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
-    /// and `AWS_CA_BUNDLE` from the process environment.
+    /// Reads `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_CA_BUNDLE` and `FLEETMAP_S3_DIRECT` from the process environment.
     pub fn from_env() -> S3Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -102,6 +109,12 @@ impl S3Config {
             access_key_id: get("AWS_ACCESS_KEY_ID"),
             secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
             ca_bundle: get("AWS_CA_BUNDLE").map(PathBuf::from),
+            sdk_only: get(crate::direct::DIRECT_ENV).is_some_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "off" | "0" | "false" | "no"
+                )
+            }),
         }
     }
 }
@@ -180,11 +193,36 @@ pub struct CaBundleError {
 /// Like [`client`], but a CA bundle that cannot be read or parsed is an error, so a process
 /// can refuse to start instead of failing every HTTPS call later.
 pub async fn try_client(cfg: &S3Config) -> Result<aws_sdk_s3::Client, CaBundleError> {
-    let http = match &cfg.ca_bundle {
-        Some(path) => Some(https_client_trusting(path)?),
-        None => None,
+    Ok(try_data_client(cfg).await?.sdk().clone())
+}
+
+/// Like [`client`], plus the direct lane for the data path's small GETs and PUTs (see
+/// [`crate::direct`]): what the worker and the coordinator's footer reads use.
+pub async fn data_client(cfg: &S3Config) -> DataClient {
+    match try_data_client(cfg).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("{e}; trusting the system's root certificates only");
+            let (sdk, settings) = build(cfg, None, None).await;
+            DataClient::new(sdk, settings)
+        }
+    }
+}
+
+/// [`data_client`], failing on a CA bundle it cannot use like [`try_client`].
+pub async fn try_data_client(cfg: &S3Config) -> Result<DataClient, CaBundleError> {
+    let (http, pem) = match &cfg.ca_bundle {
+        Some(path) => {
+            let pem = read_ca_bundle(path).map_err(|reason| CaBundleError {
+                path: path.display().to_string(),
+                reason,
+            })?;
+            (Some(https_client_trusting(path, &pem)?), Some(pem))
+        }
+        None => (None, None),
     };
-    Ok(build(cfg, http).await)
+    let (sdk, settings) = build(cfg, http, pem.as_deref()).await;
+    Ok(DataClient::new(sdk, settings))
 }
 
 /// Builds an S3 client from `cfg`.
@@ -212,24 +250,18 @@ pub async fn try_client(cfg: &S3Config) -> Result<aws_sdk_s3::Client, CaBundleEr
 /// system's roots only, so calls to a privately certified endpoint fail their TLS handshake;
 /// [`try_client`] returns the error instead.
 pub async fn client(cfg: &S3Config) -> aws_sdk_s3::Client {
-    match try_client(cfg).await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!("{e}; trusting the system's root certificates only");
-            build(cfg, None).await
-        }
-    }
+    data_client(cfg).await.sdk().clone()
 }
 
 /// The SDK's default HTTPS client (hyper, rustls with aws-lc, proxies from the environment),
 /// trusting the CAs in the PEM file at `path` besides the system's roots. Only the trust
 /// store differs.
-fn https_client_trusting(path: &Path) -> Result<SharedHttpClient, CaBundleError> {
+fn https_client_trusting(path: &Path, pem: &[u8]) -> Result<SharedHttpClient, CaBundleError> {
     let err = |reason: String| CaBundleError {
         path: path.display().to_string(),
         reason,
     };
-    let pem = read_ca_bundle(path).map_err(err)?;
+    let pem = pem.to_vec();
     let context = TlsContext::builder()
         .with_trust_store(TrustStore::default().with_pem_certificate(pem))
         .build()
@@ -272,7 +304,12 @@ fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
     Ok(pem)
 }
 
-async fn build(cfg: &S3Config, http: Option<SharedHttpClient>) -> aws_sdk_s3::Client {
+/// The SDK client, and what the direct lane needs to send the same requests to the same place.
+async fn build(
+    cfg: &S3Config,
+    http: Option<SharedHttpClient>,
+    ca_pem: Option<&[u8]>,
+) -> (aws_sdk_s3::Client, DirectSettings) {
     let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
         .or_default_provider()
         .or_else(Region::from_static(DEFAULT_REGION));
@@ -317,11 +354,66 @@ async fn build(cfg: &S3Config, http: Option<SharedHttpClient>) -> aws_sdk_s3::Cl
                 .token_bucket(TokenBucket::unlimited())
                 .build(),
         );
-    if payload_is_protected(cfg.endpoint.as_deref()) {
+    let unsigned_bodies = payload_is_protected(cfg.endpoint.as_deref());
+    if unsigned_bodies {
         s3_config = s3_config.interceptor(UnsignedBodies);
     }
     let s3_config = s3_config.build();
-    aws_sdk_s3::Client::from_conf(s3_config)
+    let force_path_style = cfg.force_path_style || cfg.endpoint.is_some();
+    // Where the SDK client sends S3 calls: our endpoint, else `AWS_ENDPOINT_URL_S3` or the
+    // profile's `services` section, else the general endpoint URL (as `aws_sdk_s3::Config`
+    // picks it from the shared config).
+    let endpoint = cfg.endpoint.clone().or_else(|| {
+        shared
+            .service_config()
+            .and_then(|c| {
+                c.load_config(
+                    ServiceConfigKey::builder()
+                        .service_id("S3")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .ok()?,
+                )
+            })
+            .or_else(|| shared.endpoint_url().map(str::to_owned))
+    });
+    let settings = DirectSettings {
+        http: direct_http_client(ca_pem),
+        credentials: shared.credentials_provider(),
+        region: shared
+            .region()
+            .map_or(DEFAULT_REGION.to_owned(), |r| r.as_ref().to_owned()),
+        endpoint,
+        force_path_style,
+        use_fips: shared.use_fips().unwrap_or(false),
+        use_dual_stack: shared.use_dual_stack().unwrap_or(false),
+        unsigned_bodies,
+        sdk_only: cfg.sdk_only,
+    };
+    (aws_sdk_s3::Client::from_conf(s3_config), settings)
+}
+
+/// The direct lane's HTTP client: the SDK's connect timeout, a stall timeout per read, the
+/// same extra CAs, and proxies from the environment as the SDK's client takes them.
+fn direct_http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(crate::direct::STALL_TIMEOUT)
+        // A redirect would resend the request, signed for one host, to another; the SDK
+        // does not follow them either (S3 answers a wrong region with 301).
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("fleetmap/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        // Already checked by `read_ca_bundle`.
+        if let Ok(certs) = reqwest::Certificate::from_pem_bundle(pem) {
+            b = b.tls_certs_merge(certs);
+        }
+    }
+    b.build().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot build the direct S3 HTTP client; using defaults");
+        reqwest::Client::new()
+    })
 }
 
 #[cfg(test)]
@@ -421,5 +513,33 @@ mod tests {
         let cfg = S3Config::from_lookup(|_| None);
         assert_eq!(cfg.endpoint, None);
         assert!(!cfg.force_path_style);
+        assert!(!cfg.sdk_only, "the direct lane is on unless turned off");
+    }
+
+    #[test]
+    fn fleetmap_s3_direct_off_keeps_every_call_on_the_sdk() {
+        for (value, sdk_only) in [("off", true), ("0", true), (" OFF ", true), ("on", false)] {
+            let cfg = S3Config::from_lookup(|name| {
+                (name == crate::direct::DIRECT_ENV).then(|| value.to_owned())
+            });
+            assert_eq!(cfg.sdk_only, sdk_only, "{value:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_data_client_takes_the_direct_lane_only_with_credentials_and_not_when_off() {
+        let keys = S3Config {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("id".into()),
+            secret_access_key: Some("secret".into()),
+            ..S3Config::default()
+        };
+        assert!(data_client(&keys).await.is_direct());
+        let off = S3Config {
+            sdk_only: true,
+            ..keys.clone()
+        };
+        assert!(!data_client(&off).await.is_direct());
     }
 }

@@ -115,7 +115,7 @@ impl ObjStoreError {
 }
 
 /// S3 error codes that mean "slow down / try later" even when the status is not 5xx.
-const RETRYABLE_CODES: &[&str] = &[
+pub(crate) const RETRYABLE_CODES: &[&str] = &[
     "SlowDown",
     "Throttling",
     "ThrottlingException",
@@ -135,7 +135,7 @@ const RETRYABLE_CODES: &[&str] = &[
 /// "service error", which is useless in a child execution's cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SdkFailure(String);
+pub struct SdkFailure(pub(crate) String);
 
 pub fn sdk_failure<E>(err: SdkError<E, HttpResponse>) -> BoxError
 where

@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`config`] — [`S3Config`] (endpoint, region, keys, path style) and [`client()`], which
 //!   fixes the retry policy for every process.
+//! - [`direct`] — [`DataClient`]: the SDK client plus a direct lane for the data path's small
+//!   GETs and PUTs, which skips the SDK's per-call orchestration.
 //! - [`uri`] — [`S3Uri`], strict `s3://bucket/key` parsing.
 //! - [`ops`] — one-call helpers (get, ranged get, head, put, paginated list, ensure bucket) with
 //!   uniform error mapping.
@@ -14,12 +16,14 @@
 //! - [`error`] — [`ObjStoreError`], naming bucket and key and whether a retry may help.
 
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod local;
 pub mod ops;
 pub mod uri;
 
-pub use config::{S3Config, client, try_client};
+pub use config::{S3Config, client, data_client, try_client, try_data_client};
+pub use direct::DataClient;
 pub use error::ObjStoreError;
 pub use ops::{
     ensure_bucket, get_bytes, get_range, get_suffix, head_size, list_keys, list_keys_paged,

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::Client;
 use fleetmap_coordinator::{
     Coordinator, CoordinatorConfig, CoordinatorHandle, ItemSource, RunDescription, RunId, RunSpec,
     Tolerance,
 };
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_protocol::{ResultTarget, Topology};
 use fleetmap_worker::config::WorkerConfig;
@@ -42,7 +42,9 @@ pub fn init_logs() {
 
 pub struct Harness {
     pub s3: LocalS3,
-    pub client: Client,
+    /// The coordinator's and the workers' client (direct lane included); it dereferences to
+    /// the SDK client for everything else a test does.
+    pub client: DataClient,
     pub topology: Topology,
     /// What the coordinator, the workers and the cleanup connect to.
     amqp_url: String,
@@ -67,7 +69,7 @@ impl Harness {
     ) -> Harness {
         init_logs();
         let s3 = LocalS3::start().await.expect("start loopback S3 server");
-        let client = s3.client().await;
+        let client = s3.data_client().await;
         Self::launch(s3, client, amqp_url(), workers, concurrency, open_limit).await
     }
 
@@ -75,7 +77,7 @@ impl Harness {
     /// and `s3` through `client` (e.g. both through TLS proxies).
     pub async fn start_on(
         s3: LocalS3,
-        client: Client,
+        client: DataClient,
         amqp_url: String,
         workers: usize,
         concurrency: usize,
@@ -86,7 +88,7 @@ impl Harness {
 
     async fn launch(
         s3: LocalS3,
-        client: Client,
+        client: DataClient,
         amqp_url: String,
         workers: usize,
         concurrency: usize,

@@ -231,12 +231,12 @@ fn item(key: &str) -> ItemMessage {
 
 struct Env {
     s3: LocalS3,
-    client: aws_sdk_s3::Client,
+    client: fleetmap_objstore::DataClient,
 }
 
 async fn env() -> Env {
     let s3 = LocalS3::start().await.expect("loopback S3");
-    let client = s3.client().await;
+    let client = s3.data_client().await;
     for b in [DATA, RESULTS] {
         fleetmap_objstore::ensure_bucket(&client, b).await.unwrap();
     }

@@ -35,7 +35,7 @@ async fn a_slow_item_times_out_once_instead_of_looping_through_redeliveries() {
     )
     .await
     .unwrap();
-    let slow_s3 = fleetmap_objstore::client(&proxy.config(&h.s3.config())).await;
+    let slow_s3 = fleetmap_objstore::data_client(&proxy.config(&h.s3.config())).await;
     let mut cfg = WorkerConfig::new(amqp_url(), h.topology.clone(), "slow-worker");
     cfg.concurrency = 1;
     cfg.child_execution_timeout = Duration::from_secs(1);

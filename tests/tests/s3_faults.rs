@@ -17,6 +17,7 @@ use fleetmap_coordinator::{
     Coordinator, CoordinatorConfig, ExecState, ItemSource, PageRequest, RunDescription, RunId,
     RunStatus, Tolerance,
 };
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{ObjStoreError, S3Uri};
 use fleetmap_protocol::Topology;
@@ -64,7 +65,7 @@ struct Fleet {
     proxy: FaultProxy,
     topology: Topology,
     /// The S3 client through the proxy, as every process under test has it.
-    faulty: Client,
+    faulty: DataClient,
     coordinator: Option<Coordinator>,
     coordinator_stop: CancellationToken,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -80,7 +81,8 @@ impl Fleet {
         let proxy = FaultProxy::in_front_of(&s3, faults)
             .await
             .expect("start fault proxy");
-        let faulty = fleetmap_objstore::client(&proxy.config(&s3.config())).await;
+        let faulty = fleetmap_objstore::data_client(&proxy.config(&s3.config())).await;
+        assert!(faulty.is_direct());
         let topology = Topology::new(format!("fmfault-{}", uuid::Uuid::new_v4().simple()));
         let coordinator_stop = CancellationToken::new();
         let coordinator = start_coordinator(&topology, &faulty, &coordinator_stop).await;
@@ -184,7 +186,7 @@ impl Fleet {
 /// The fleet's coordinator, checkpointing under `s3://{DATA}/coordinator/`.
 async fn start_coordinator(
     topology: &Topology,
-    s3: &Client,
+    s3: &DataClient,
     stop: &CancellationToken,
 ) -> Coordinator {
     let state = S3Uri::parse_prefix(&format!("s3://{DATA}/coordinator/")).unwrap();
@@ -502,6 +504,102 @@ async fn proxy_forwards_signed_requests_and_s3_classifies_its_faults() {
     ] {
         assert!(!err.is_retryable(), "{err:?}");
         assert!(err.to_string().contains("s3://fleetmap-data/p/k"), "{err}");
+    }
+    assert_eq!((denied.counts().requests, denied.counts().denied), (2, 2));
+    s3.shutdown().await;
+}
+
+/// The direct lane (the workers' GETs and PUTs, the coordinator's footer reads) retries and
+/// gives up exactly as the SDK path above does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_lane_retries_and_classifies_faults_like_the_sdk() {
+    init_logs();
+    let s3 = LocalS3::start().await.unwrap();
+    let plain = s3.client().await;
+    fleetmap_objstore::ensure_bucket(&plain, DATA)
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from_static(b"0123456789");
+    fleetmap_objstore::put_bytes(&plain, DATA, "p/k", body.clone(), "text/plain")
+        .await
+        .unwrap();
+
+    // Half the requests throttled or failing: every call still succeeds, through retries.
+    let flaky = FaultProxy::in_front_of(
+        &s3,
+        Faults {
+            slow_down: 0.3,
+            internal_error: 0.2,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let via = fleetmap_objstore::data_client(&flaky.config(&s3.config())).await;
+    assert!(via.is_direct());
+    for i in 0..20 {
+        let key = format!("p/flaky-{i}");
+        via.put_bytes(DATA, &key, body.clone(), "text/plain")
+            .await
+            .unwrap();
+        assert_eq!(
+            via.get_suffix(DATA, &key, 64).await.unwrap(),
+            (body.clone(), 10)
+        );
+        assert_eq!(&via.get_range(DATA, &key, 2..5).await.unwrap()[..], b"234");
+    }
+    let counts = flaky.counts();
+    assert!(
+        counts.slow_down > 0 && counts.internal_error > 0,
+        "{counts:?}"
+    );
+
+    // Always throttled: exactly MAX_ATTEMPTS requests, then a retryable error naming the
+    // object.
+    let throttled = FaultProxy::in_front_of(
+        &s3,
+        Faults {
+            slow_down: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let via = fleetmap_objstore::data_client(&throttled.config(&s3.config())).await;
+    let err = via.get_suffix(DATA, "p/k", 64).await.unwrap_err();
+    assert!(matches!(err, ObjStoreError::Get { .. }), "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("s3://fleetmap-data/p/k"), "{err}");
+    assert!(err.to_string().contains("SlowDown"), "{err}");
+    let counts = throttled.counts();
+    assert_eq!(
+        (counts.requests, counts.slow_down),
+        (
+            u64::from(fleetmap_objstore::config::MAX_ATTEMPTS),
+            u64::from(fleetmap_objstore::config::MAX_ATTEMPTS)
+        )
+    );
+
+    // Access denied is permanent: one request each.
+    let denied = FaultProxy::in_front_of(
+        &s3,
+        Faults {
+            deny: vec![format!("/{DATA}/p/k")],
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let via = fleetmap_objstore::data_client(&denied.config(&s3.config())).await;
+    for err in [
+        via.get_suffix(DATA, "p/k", 64).await.unwrap_err(),
+        via.put_bytes(DATA, "p/k", body.clone(), "text/plain")
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(!err.is_retryable(), "{err:?}");
+        assert!(err.to_string().contains("s3://fleetmap-data/p/k"), "{err}");
+        assert!(err.to_string().contains("HTTP 403"), "{err}");
     }
     assert_eq!((denied.counts().requests, denied.counts().denied), (2, 2));
     s3.shutdown().await;

@@ -101,9 +101,11 @@ async fn map_run_over_amqps_and_https_s3_writes_every_reading_once() {
         ca_bundle: Some(ca_file.clone()),
         ..s3.config()
     };
-    let client = fleetmap_objstore::config::try_client(&cfg)
+    let client = fleetmap_objstore::config::try_data_client(&cfg)
         .await
         .expect("an S3 client trusting the test CA");
+    // The workers' GETs and PUTs take the direct lane, over the same TLS and CA.
+    assert!(client.is_direct());
 
     let h = Harness::start_on(s3, client, url, 2, 2).await;
     let generated = fleetmap_sample::generate_to_s3(

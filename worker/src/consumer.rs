@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
+use fleetmap_objstore::DataClient;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
 use fleetmap_protocol::{
     EncodeError, ItemMessage, ItemPack, ItemStatus, Items, OutcomeMessage, amqp,
@@ -120,7 +120,7 @@ impl WorkerStats {
 /// worker fails fast while a running one rides out broker restarts.
 pub async fn run(
     cfg: WorkerConfig,
-    s3: Client,
+    s3: DataClient,
     stats: Arc<WorkerStats>,
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
@@ -158,7 +158,7 @@ fn amqp_err(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
 
 async fn session(
     cfg: &WorkerConfig,
-    s3: &Client,
+    s3: &DataClient,
     stats: &Arc<WorkerStats>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -271,7 +271,7 @@ async fn session(
 }
 
 struct ItemCtx {
-    s3: Client,
+    s3: DataClient,
     publish: Channel,
     outcomes_queue: String,
     items_queue: String,

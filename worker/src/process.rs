@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_s3::Client;
 use chrono::DateTime;
+use fleetmap_objstore::DataClient;
 use fleetmap_protocol::messages::MAX_DEVICES_PER_OUTCOME;
 use fleetmap_protocol::{AnomalyCounts, DeviceAnomalies, ItemMessage, Thresholds};
 use tokio::sync::{mpsc, oneshot};
@@ -145,7 +145,7 @@ impl UploadStopped {
 ///
 /// Memory stays bounded whatever the object's size: at most two row groups (the one being
 /// decoded and the one being fetched) and a few result parts (see [`upload`]) are held.
-pub async fn process_item(s3: &Client, item: &ItemMessage) -> Result<ItemReport, WorkerError> {
+pub async fn process_item(s3: &DataClient, item: &ItemMessage) -> Result<ItemReport, WorkerError> {
     process_item_with(s3, item, &ProcessOptions::default()).await
 }
 
@@ -167,7 +167,7 @@ impl Default for ProcessOptions {
 
 /// [`process_item`] with explicit limits.
 pub async fn process_item_with(
-    s3: &Client,
+    s3: &DataClient,
     item: &ItemMessage,
     options: &ProcessOptions,
 ) -> Result<ItemReport, WorkerError> {

@@ -1,11 +1,11 @@
 //! Reading an item's object from S3: Parquet by ranged GETs, CSV and JSONL as streams.
 //!
 //! Parquet is never downloaded whole. [`S3FileReader`] implements parquet's
-//! [`AsyncFileReader`] over aws-sdk-s3: one suffix GET of the last 64 KiB, which tells the
-//! length and usually holds the whole footer (and all of a small file, which then costs no
-//! other request), then only the column chunks of the
-//! seven needed columns in the item's row groups, nearby ranges coalesced and fetched
-//! concurrently. Every byte fetched is counted, because outcomes report `bytes_read`.
+//! [`AsyncFileReader`] over S3 ranged GETs (the [`DataClient`]'s direct lane, which skips the
+//! SDK's per-call overhead; see `fleetmap_objstore::direct`): one suffix GET of the last
+//! 64 KiB, which tells the length and usually holds the whole footer (and all of a small
+//! file, which then costs no other request), then only the column chunks of the seven needed
+//! columns in the item's row groups, nearby ranges coalesced and fetched concurrently. Every byte fetched is counted, because outcomes report `bytes_read`.
 //!
 //! [`ItemReader`] hands work out a row group at a time as a [`Chunk`]: for Parquet the
 //! row group's bytes are already in memory and the chunk is a synchronous decoder, so the
@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::datatypes::{DataType, FieldRef, Schema};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use aws_sdk_s3::Client;
 use bytes::Bytes;
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::ObjStoreError;
 use fleetmap_protocol::{InputType, ItemMessage};
 use futures::future::BoxFuture;
@@ -60,7 +60,7 @@ pub const DEFAULT_MAX_ROW_GROUP_BYTES: u64 = 256 * 1024 * 1024;
 /// Parquet's async reader interface over S3 ranged GETs.
 #[derive(Debug, Clone)]
 pub struct S3FileReader {
-    client: Client,
+    client: DataClient,
     bucket: String,
     key: String,
     size: u64,
@@ -74,11 +74,11 @@ pub struct S3FileReader {
 impl S3FileReader {
     /// Reads the object's last [`FOOTER_PREFETCH`] bytes and its length with one GET and
     /// returns a reader that serves reads inside them from memory.
-    pub async fn open(client: &Client, bucket: &str, key: &str) -> Result<Self, WorkerError> {
-        let (tail, size) =
-            fleetmap_objstore::get_suffix(client, bucket, key, FOOTER_PREFETCH as u64)
-                .await
-                .map_err(|e| from_store(e, "GetObject"))?;
+    pub async fn open(client: &DataClient, bucket: &str, key: &str) -> Result<Self, WorkerError> {
+        let (tail, size) = client
+            .get_suffix(bucket, key, FOOTER_PREFETCH as u64)
+            .await
+            .map_err(|e| from_store(e, "GetObject"))?;
         let mut reader = Self::new(client.clone(), bucket, key, size);
         reader
             .bytes_read
@@ -88,7 +88,7 @@ impl S3FileReader {
     }
 
     /// A reader for an object whose length is already known.
-    pub fn new(client: Client, bucket: &str, key: &str, size: u64) -> Self {
+    pub fn new(client: DataClient, bucket: &str, key: &str, size: u64) -> Self {
         S3FileReader {
             client,
             bucket: bucket.to_owned(),
@@ -147,7 +147,8 @@ impl S3FileReader {
                 }));
             }
             let want = range.end.saturating_sub(range.start);
-            let bytes = fleetmap_objstore::get_range(&client, &bucket, &key, range)
+            let bytes = client
+                .get_range(&bucket, &key, range)
                 .await
                 .map_err(|e| external(from_store(e, "GetObject")))?;
             counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -360,14 +361,14 @@ pub struct ItemReader {
 impl ItemReader {
     /// Opens the item's object: for Parquet, reads the footer, checks the columns and row
     /// groups and sets up the projection; for CSV / JSONL, starts the GET.
-    pub async fn open(client: &Client, item: &ItemMessage) -> Result<Self, WorkerError> {
+    pub async fn open(client: &DataClient, item: &ItemMessage) -> Result<Self, WorkerError> {
         Self::open_with(client, item, DEFAULT_MAX_ROW_GROUP_BYTES).await
     }
 
     /// [`ItemReader::open`] with an explicit row group limit (see
     /// [`WorkerError::RowGroupTooLarge`]).
     pub async fn open_with(
-        client: &Client,
+        client: &DataClient,
         item: &ItemMessage,
         max_row_group_bytes: u64,
     ) -> Result<Self, WorkerError> {

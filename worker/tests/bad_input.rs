@@ -235,7 +235,7 @@ fn death(d: &lapin::message::Delivery) -> (String, String) {
 async fn undecodable_items_are_dead_lettered_and_the_worker_consumes_on() {
     capture_logs();
     let s3 = LocalS3::start().await.expect("loopback S3");
-    let client = s3.client().await;
+    let client = s3.data_client().await;
     for b in [DATA, RESULTS] {
         fleetmap_objstore::ensure_bucket(&client, b).await.unwrap();
     }

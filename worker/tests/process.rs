@@ -6,7 +6,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Float64Array, StringArray};
 use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
-use aws_sdk_s3::Client;
 use bytes::Bytes;
 use fleetmap_objstore::local::LocalS3;
 use fleetmap_objstore::{ensure_bucket, get_bytes, put_bytes};
@@ -159,12 +158,12 @@ fn parquet_bytes(batch: &RecordBatch, rows_per_group: usize) -> Bytes {
 
 struct Env {
     _server: LocalS3,
-    client: Client,
+    client: fleetmap_objstore::DataClient,
 }
 
 async fn env() -> Env {
     let server = LocalS3::start().await.unwrap();
-    let client = server.client().await;
+    let client = server.data_client().await;
     ensure_bucket(&client, DATA).await.unwrap();
     ensure_bucket(&client, RESULTS).await.unwrap();
     Env {

@@ -58,7 +58,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     };
     let shutdown = shutdown_on_signals();
     let metrics = ops::install_metrics()?;
-    let s3 = fleetmap_objstore::try_client(&args.s3.config()).await?;
+    let s3 = fleetmap_objstore::try_data_client(&args.s3.config()).await?;
     let coordinator = Coordinator::start(
         CoordinatorConfig {
             amqp_url: args.amqp.amqp_url.clone(),

@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<ExitCode> {
         );
         (server.config(), Some(server))
     };
-    let s3 = fleetmap_objstore::client(&s3_cfg).await;
+    let s3 = fleetmap_objstore::data_client(&s3_cfg).await;
     for b in [DATA_BUCKET, RESULTS_BUCKET] {
         fleetmap_objstore::ensure_bucket(&s3, b).await?;
     }

@@ -47,7 +47,7 @@ pub async fn run(args: RunArgs, output: Output) -> anyhow::Result<ExitCode> {
         ready.set(true);
         ops::serve(addr, metrics, ready, axum::Router::new(), shutdown.clone()).await?;
     }
-    let s3 = fleetmap_objstore::try_client(&args.s3.config()).await?;
+    let s3 = fleetmap_objstore::try_data_client(&args.s3.config()).await?;
     let coordinator = Coordinator::start(
         CoordinatorConfig {
             amqp_url: args.amqp.amqp_url.clone(),

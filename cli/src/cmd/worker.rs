@@ -66,7 +66,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     cfg.max_row_group_bytes = args.max_row_group_bytes;
     cfg.child_execution_timeout = Duration::from_secs(args.child_execution_timeout_secs);
-    let s3 = fleetmap_objstore::try_client(&args.s3.config()).await?;
+    let s3 = fleetmap_objstore::try_data_client(&args.s3.config()).await?;
     ready.set(true);
     let result = consumer::run(cfg, s3, stats, shutdown).await;
     ready.set(false);

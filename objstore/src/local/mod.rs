@@ -115,12 +115,18 @@ impl LocalS3 {
             secret_access_key: Some(LOCAL_SECRET_ACCESS_KEY.to_owned()),
             force_path_style: true,
             ca_bundle: None,
+            sdk_only: false,
         }
     }
 
     /// A client for this server.
     pub async fn client(&self) -> aws_sdk_s3::Client {
         crate::client(&self.config()).await
+    }
+
+    /// A [`crate::DataClient`] for this server, direct lane included.
+    pub async fn data_client(&self) -> crate::DataClient {
+        crate::data_client(&self.config()).await
     }
 
     /// The folder holding the buckets.

@@ -17,11 +17,11 @@
 //! as is one that fails, so a half-written result is never visible; a redelivered item
 //! writes the same bytes to the same key.
 
-use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use fleetmap_objstore::DataClient;
 use fleetmap_objstore::ObjStoreError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -54,7 +54,7 @@ pub fn channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
 /// length, or `None` when the encoder gave up without committing: then nothing was written
 /// (a multipart upload begun is aborted) and the encoder's error is the item's.
 pub async fn upload(
-    s3: Client,
+    s3: DataClient,
     target: Target,
     mut pieces: mpsc::Receiver<Vec<u8>>,
     commit: oneshot::Receiver<()>,
@@ -90,8 +90,7 @@ pub async fn upload(
     }
     match multipart {
         None => {
-            fleetmap_objstore::put_bytes(
-                &s3,
+            s3.put_bytes(
                 &target.bucket,
                 &target.key,
                 Bytes::from(pending),
@@ -141,7 +140,7 @@ struct Multipart {
 }
 
 impl Multipart {
-    async fn create(s3: &Client, t: &Target) -> Result<Self, WorkerError> {
+    async fn create(s3: &DataClient, t: &Target) -> Result<Self, WorkerError> {
         let out = s3
             .create_multipart_upload()
             .bucket(&t.bucket)
@@ -160,7 +159,7 @@ impl Multipart {
     }
 
     /// Starts uploading `body` as the next part, first waiting for a slot.
-    async fn send(&mut self, s3: &Client, t: &Target, body: Bytes) -> Result<(), WorkerError> {
+    async fn send(&mut self, s3: &DataClient, t: &Target, body: Bytes) -> Result<(), WorkerError> {
         while self.in_flight.len() >= MAX_PARTS_IN_FLIGHT {
             self.reap(t).await?;
         }
@@ -202,7 +201,7 @@ impl Multipart {
         Ok(())
     }
 
-    async fn complete(&mut self, s3: &Client, t: &Target) -> Result<(), WorkerError> {
+    async fn complete(&mut self, s3: &DataClient, t: &Target) -> Result<(), WorkerError> {
         while !self.in_flight.is_empty() {
             self.reap(t).await?;
         }
@@ -225,7 +224,7 @@ impl Multipart {
 
     /// Best effort: a leftover upload only costs storage until the bucket's lifecycle rule
     /// removes it, and the item's own error is the one worth reporting.
-    async fn abort(&mut self, s3: &Client, t: &Target) {
+    async fn abort(&mut self, s3: &DataClient, t: &Target) {
         self.in_flight.abort_all();
         if let Err(e) = s3
             .abort_multipart_upload()

@@ -30,7 +30,7 @@ impl Stack {
         topology: &Topology,
         s3: &LocalS3,
     ) -> anyhow::Result<(Stack, String)> {
-        let client = s3.client().await;
+        let client = s3.data_client().await;
         for b in [DATA_BUCKET, RESULTS_BUCKET] {
             fleetmap_objstore::ensure_bucket(&client, b).await?;
         }
