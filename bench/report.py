@@ -81,9 +81,12 @@ get, n = med("B3-s3-request", "fleetmap", "get_cpu_us")
 if n:
     put, _ = med("B3-s3-request", "fleetmap", "put_cpu_us")
     server, _ = med("B3-s3-request", "fleetmap", "server_cpu_us")
+    dget, dn = med("B3-s3-request", "fleetmap", "direct_get_cpu_us")
+    dput, _ = med("B3-s3-request", "fleetmap", "direct_put_cpu_us")
+    direct = f"; direct lane {dget:.0f} / {dput:.0f}" if dn else ""
     out.append(f"| B3-tiny | CPU µs per S3 request (a tiny child execution makes 3): SDK client "
-               f"GET 64 KiB suffix / PUT 10 KiB, S3 server per request | {get:.0f} / {put:.0f}, "
-               f"server {server:.0f} (n={n}) | — | — | (info) |")
+               f"GET 64 KiB suffix / PUT 10 KiB{direct}, S3 server per request (both lanes) | "
+               f"{get:.0f} / {put:.0f}{direct}, server {server:.0f} (n={n}) | — | — | (info) |")
 for sfx, what in (("", "in memory"), ("-ckpt", "with --state-uri")):
     sizes = sorted({int(b.split("-")[2]) for (b, _) in runs
                     if b.startswith("B4-throughput-") and b.endswith(sfx or "0")}, reverse=True)

@@ -1,5 +1,6 @@
-//! What one S3 request costs the process that sends it, through the same aws-sdk-s3 client
-//! and calls the coordinator and the workers use.
+//! What one S3 request costs the process that sends it, through the aws-sdk-s3 client and
+//! through the direct lane the coordinator and the workers use for these calls
+//! (`fleetmap_objstore::DataClient`), side by side in one process.
 //!
 //! B3 tiny is three requests per child execution (the coordinator's footer read, the
 //! worker's GET of the file and its PUT of the records), so a floor under its CPU per child
@@ -14,14 +15,15 @@
 //! `--requests` suffix-range GETs of 64 KiB of the `--get` object (the footer read, which for a
 //! tiny file is all of it), then as many PutObjects of `--put-bytes` to keys under `--put`
 //! (500 keys, overwritten in turn), `--in-flight` at a time, after a warm-up of 200 of each.
-//! Prints one JSON line: CPU microseconds of this process per GET and per PUT, requests per
-//! second, and `sent`, every request including the warm-up (to divide the server's CPU by).
+//! Prints one JSON line: CPU microseconds of this process per GET and per PUT through the SDK
+//! (`get_cpu_us`, `put_cpu_us`) and through the direct lane (`direct_get_cpu_us`, …),
+//! requests per second, and `sent`, every request including the warm-ups (to divide the
+//! server's CPU by).
 
 use std::time::Instant;
 
-use aws_sdk_s3::Client;
 use bytes::Bytes;
-use fleetmap_objstore::{S3Config, S3Uri, get_suffix, put_bytes};
+use fleetmap_objstore::{DataClient, S3Config, S3Uri, get_suffix, put_bytes};
 use tokio::task::JoinSet;
 
 use crate::cpu_seconds;
@@ -83,14 +85,30 @@ enum Op {
     Put,
 }
 
+/// Which client sends the requests.
+#[derive(Clone, Copy)]
+enum Lane {
+    Sdk,
+    Direct,
+}
+
 async fn run(a: Args) -> Res {
-    let client = fleetmap_objstore::client(&S3Config::from_env()).await;
+    let client = fleetmap_objstore::data_client(&S3Config::from_env()).await;
+    if !client.is_direct() {
+        return Err("the direct lane is off (FLEETMAP_S3_DIRECT, or no credentials)".into());
+    }
     let body = Bytes::from(vec![b'x'; a.put_bytes]);
     let mut line = Vec::new();
-    for (op, name) in [(Op::Get, "get"), (Op::Put, "put")] {
-        send(&client, &a, &body, op, WARM_UP).await?;
+    let runs = [
+        (Lane::Sdk, Op::Get, "get"),
+        (Lane::Sdk, Op::Put, "put"),
+        (Lane::Direct, Op::Get, "direct_get"),
+        (Lane::Direct, Op::Put, "direct_put"),
+    ];
+    for (lane, op, name) in runs {
+        send(&client, lane, &a, &body, op, WARM_UP).await?;
         let (cpu0, t0) = (cpu_seconds(), Instant::now());
-        send(&client, &a, &body, op, a.requests).await?;
+        send(&client, lane, &a, &body, op, a.requests).await?;
         let (cpu, secs) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
         line.push(format!(
             "\"{name}_cpu_us\": {:.1}, \"{name}_per_s\": {:.0}",
@@ -101,7 +119,7 @@ async fn run(a: Args) -> Res {
     println!(
         "{{\"requests\": {}, \"sent\": {}, \"in_flight\": {}, \"put_bytes\": {}, {}}}",
         a.requests,
-        2 * (a.requests + WARM_UP),
+        runs.len() * (a.requests + WARM_UP),
         a.in_flight,
         a.put_bytes,
         line.join(", ")
@@ -110,7 +128,7 @@ async fn run(a: Args) -> Res {
 }
 
 /// `n` requests of one kind, `a.in_flight` at a time; the first error ends the run.
-async fn send(client: &Client, a: &Args, body: &Bytes, op: Op, n: usize) -> Res {
+async fn send(client: &DataClient, lane: Lane, a: &Args, body: &Bytes, op: Op, n: usize) -> Res {
     let prefix = a.put.key.trim_end_matches('/');
     let mut tasks = JoinSet::new();
     for i in 0..n {
@@ -120,9 +138,12 @@ async fn send(client: &Client, a: &Args, body: &Bytes, op: Op, n: usize) -> Res 
             Op::Put => (a.put.bucket.clone(), format!("{prefix}/{}", i % PUT_KEYS)),
         };
         tasks.spawn(async move {
-            match op {
-                Op::Get => get_suffix(&c, &bucket, &key, SUFFIX).await.map(drop),
-                Op::Put => put_bytes(&c, &bucket, &key, body, "application/x-ndjson").await,
+            let ndjson = "application/x-ndjson";
+            match (lane, op) {
+                (Lane::Sdk, Op::Get) => get_suffix(&c, &bucket, &key, SUFFIX).await.map(drop),
+                (Lane::Sdk, Op::Put) => put_bytes(&c, &bucket, &key, body, ndjson).await,
+                (Lane::Direct, Op::Get) => c.get_suffix(&bucket, &key, SUFFIX).await.map(drop),
+                (Lane::Direct, Op::Put) => c.put_bytes(&bucket, &key, body, ndjson).await,
             }
         });
         if tasks.len() >= a.in_flight
