@@ -158,20 +158,7 @@ impl DataClient {
         {
             match d.get(&route, bucket, key, &format!("bytes=-{n}")).await? {
                 Got::Body { bytes, total } => {
-                    let size = total.unwrap_or(bytes.len() as u64);
-                    if bytes.len() as u64 != size.min(n) {
-                        return Err(ObjStoreError::Get {
-                            bucket: bucket.to_owned(),
-                            key: key.to_owned(),
-                            retryable: true,
-                            source: format!(
-                                "suffix GET of {n} bytes returned {} bytes of a {size}-byte object",
-                                bytes.len()
-                            )
-                            .into(),
-                        });
-                    }
-                    return Ok((bytes, size));
+                    return ops::suffix_checked(bucket, key, n, bytes, total);
                 }
                 // An empty object has no last bytes; the SDK path answers with its HEAD.
                 Got::Unsatisfiable => {}

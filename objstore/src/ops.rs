@@ -77,6 +77,19 @@ pub async fn get_suffix(
         .and_then(|r| r.rsplit_once('/'))
         .and_then(|(_, total)| total.parse::<u64>().ok());
     let body = collect(bucket, key, out.body).await?;
+    suffix_checked(bucket, key, n, body, total)
+}
+
+/// A suffix GET's answer as `(bytes, object length)`, the length from `Content-Range`'s total
+/// (`None`: the store sent the whole object), refused unless it holds the last `n` bytes
+/// (or all of a shorter object).
+pub(crate) fn suffix_checked(
+    bucket: &str,
+    key: &str,
+    n: u64,
+    body: Bytes,
+    total: Option<u64>,
+) -> Result<(Bytes, u64), ObjStoreError> {
     let size = total.unwrap_or(body.len() as u64);
     if body.len() as u64 != size.min(n) {
         return Err(ObjStoreError::Get {

@@ -183,6 +183,16 @@ impl Fleet {
     }
 }
 
+/// A fault proxy in front of `s3`, and a client through it (direct lane included; the SDK
+/// helpers of `fleetmap_objstore` called with it take the SDK lane).
+async fn through(s3: &LocalS3, faults: Faults) -> (FaultProxy, DataClient) {
+    let proxy = FaultProxy::in_front_of(s3, faults)
+        .await
+        .expect("start fault proxy");
+    let via = fleetmap_objstore::data_client(&proxy.config(&s3.config())).await;
+    (proxy, via)
+}
+
 /// The fleet's coordinator, checkpointing under `s3://{DATA}/coordinator/`.
 async fn start_coordinator(
     topology: &Topology,
@@ -424,10 +434,7 @@ async fn proxy_forwards_signed_requests_and_s3_classifies_its_faults() {
         .unwrap();
 
     // No faults: SigV4-signed calls of every kind pass through and reach the server.
-    let clean = FaultProxy::in_front_of(&s3, Faults::default())
-        .await
-        .unwrap();
-    let via = fleetmap_objstore::client(&clean.config(&s3.config())).await;
+    let (clean, via) = through(&s3, Faults::default()).await;
     let body = bytes::Bytes::from_static(b"0123456789");
     fleetmap_objstore::put_bytes(&via, DATA, "p/k", body.clone(), "text/plain")
         .await
@@ -458,16 +465,14 @@ async fn proxy_forwards_signed_requests_and_s3_classifies_its_faults() {
 
     // Always throttled: the client tries exactly MAX_ATTEMPTS times, then reports a
     // retryable error naming the object.
-    let throttled = FaultProxy::in_front_of(
+    let (throttled, via) = through(
         &s3,
         Faults {
             slow_down: 1.0,
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let via = fleetmap_objstore::client(&throttled.config(&s3.config())).await;
+    .await;
     let err = fleetmap_objstore::get_bytes(&via, DATA, "p/k")
         .await
         .unwrap_err();
@@ -484,16 +489,14 @@ async fn proxy_forwards_signed_requests_and_s3_classifies_its_faults() {
     );
 
     // Access denied is permanent: one request each, a non-retryable error naming the object.
-    let denied = FaultProxy::in_front_of(
+    let (denied, via) = through(
         &s3,
         Faults {
             deny: vec![format!("/{DATA}/p/k")],
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let via = fleetmap_objstore::client(&denied.config(&s3.config())).await;
+    .await;
     for err in [
         fleetmap_objstore::head_size(&via, DATA, "p/k")
             .await
@@ -525,7 +528,7 @@ async fn the_direct_lane_retries_and_classifies_faults_like_the_sdk() {
         .unwrap();
 
     // Half the requests throttled or failing: every call still succeeds, through retries.
-    let flaky = FaultProxy::in_front_of(
+    let (flaky, via) = through(
         &s3,
         Faults {
             slow_down: 0.3,
@@ -533,9 +536,7 @@ async fn the_direct_lane_retries_and_classifies_faults_like_the_sdk() {
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let via = fleetmap_objstore::data_client(&flaky.config(&s3.config())).await;
+    .await;
     assert!(via.is_direct());
     for i in 0..20 {
         let key = format!("p/flaky-{i}");
@@ -556,16 +557,14 @@ async fn the_direct_lane_retries_and_classifies_faults_like_the_sdk() {
 
     // Always throttled: exactly MAX_ATTEMPTS requests, then a retryable error naming the
     // object.
-    let throttled = FaultProxy::in_front_of(
+    let (throttled, via) = through(
         &s3,
         Faults {
             slow_down: 1.0,
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let via = fleetmap_objstore::data_client(&throttled.config(&s3.config())).await;
+    .await;
     let err = via.get_suffix(DATA, "p/k", 64).await.unwrap_err();
     assert!(matches!(err, ObjStoreError::Get { .. }), "{err:?}");
     assert!(err.is_retryable(), "{err:?}");
@@ -581,16 +580,14 @@ async fn the_direct_lane_retries_and_classifies_faults_like_the_sdk() {
     );
 
     // Access denied is permanent: one request each.
-    let denied = FaultProxy::in_front_of(
+    let (denied, via) = through(
         &s3,
         Faults {
             deny: vec![format!("/{DATA}/p/k")],
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let via = fleetmap_objstore::data_client(&denied.config(&s3.config())).await;
+    .await;
     for err in [
         via.get_suffix(DATA, "p/k", 64).await.unwrap_err(),
         via.put_bytes(DATA, "p/k", body.clone(), "text/plain")
